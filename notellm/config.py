@@ -26,7 +26,7 @@ class SyntheticConfig(Section):
     notes: int = Field(5_000, ge=2)
     events: int = Field(200_000, ge=1)
     topics: int = Field(20, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     drift: bool = Field(False, description="shift the topic mix and lengthen texts (a drifted window)")
 
 

@@ -52,22 +52,19 @@ CONTRACTS: dict[str, Contract] = {
 }
 
 
-def read_any(path: str | Path) -> pa.Table:
-    """Read parquet, jsonl/ndjson or csv into an arrow table; an unreadable file is a DataError."""
+def read_frame(path: str | Path) -> pd.DataFrame:
+    """Read parquet, jsonl/ndjson or csv into a pandas frame; an unreadable file is a DataError."""
     path = Path(path)
     if not path.exists():
         raise DataError("file not found", file=path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            return pq.read_table(path)
+            return pq.read_table(path).to_pandas()
         if suffix in (".jsonl", ".ndjson", ".json"):
-            return pa.Table.from_pandas(pd.read_json(path, lines=True, dtype=False), preserve_index=False)
+            return pd.read_json(path, lines=True, dtype=False)
         if suffix == ".csv":
-            return pa.Table.from_pandas(pd.read_csv(path, dtype=str, keep_default_na=False),
-                                        preserve_index=False)
-    except DataError:
-        raise
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 - any reader failure means "unreadable file"
         raise DataError(f"cannot read the file ({type(exc).__name__}: {exc})", file=path) from exc
     raise DataError(f"unsupported file type {suffix!r} (use .parquet, .jsonl or .csv)", file=path)
@@ -82,9 +79,11 @@ def _coerce_column(column: pd.Series, name: str, typ: pa.DataType, file: str | P
     if pa.types.is_timestamp(typ):
         if pd.api.types.is_datetime64_dtype(column) and not column.isna().any():
             return column.astype("datetime64[us]")
-        converted = pd.to_datetime(column, errors="coerce", utc=True)
-        if pd.api.types.is_numeric_dtype(column):
-            converted = pd.to_datetime(column, unit="s", errors="coerce", utc=True)
+        text_seconds = column.dtype == object and pd.to_numeric(column, errors="coerce").notna().all()
+        if pd.api.types.is_numeric_dtype(column) or (len(column) and text_seconds):  # unix seconds
+            converted = pd.to_datetime(pd.to_numeric(column), unit="s", errors="coerce", utc=True)
+        else:
+            converted = pd.to_datetime(column, errors="coerce", utc=True, format="ISO8601")
         bad = converted.isna().to_numpy()
         if bad.any():
             row = _first_bad_row(bad)
@@ -100,6 +99,9 @@ def _coerce_column(column: pd.Series, name: str, typ: pa.DataType, file: str | P
     if pa.types.is_list(typ):
         return _coerce_list_column(column, name, typ.value_type, file)
     # strings: ids may arrive as integers (csv, MovieLens); anything else is a type error.
+    missing = column.isna().to_numpy()
+    if missing.any():
+        raise DataError("missing value", file=file, row=_first_bad_row(missing), column=name)
     if pd.api.types.infer_dtype(column, skipna=False) == "string":
         return column.astype(object)
     if pd.api.types.is_integer_dtype(column):
@@ -194,7 +196,7 @@ def check_references(table: pd.DataFrame, columns: Iterable[str], note_ids: Iter
 
 def read_table(path: str | Path, kind: str) -> pd.DataFrame:
     """Read and validate one table of the given kind (``notes``, ``events``, ``pairs``, ``embeddings``)."""
-    return validate(read_any(path).to_pandas(), kind, file=path)
+    return validate(read_frame(path), kind, file=path)
 
 
 def to_arrow(df: pd.DataFrame, kind: str) -> pa.Table:

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny valid table of each kind, in contract form."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+
+@pytest.fixture
+def notes_df() -> pd.DataFrame:
+    return pd.DataFrame({
+        "note_id": ["n1", "n2", "n3"],
+        "title": ["Pasta at home", "Alps in winter", "Quick pasta"],
+        "content": ["Fresh pasta, two ways.", "Three days of snow.", "Ten minutes, one pan."],
+        "hashtags": [["pasta", "cooking"], ["alps", "ski"], ["pasta"]],
+        "category": ["food", "travel", "food"],
+        "event_timestamp": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03"]),
+    })
+
+
+@pytest.fixture
+def events_df() -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_id": ["u1", "u1", "u2", "u2"],
+        "note_id": ["n1", "n3", "n2", "n1"],
+        "ts": pd.to_datetime(["2024-02-01 10:00", "2024-02-01 10:01", "2024-02-02 09:00",
+                              "2024-02-02 09:05"]),
+        "action": ["view", "click", "click", "click"],
+    })
+
+
+@pytest.fixture
+def pairs_df() -> pd.DataFrame:
+    return pd.DataFrame({"note_id_a": ["n1", "n2"], "note_id_b": ["n3", "n1"], "score": [0.5, 0.25],
+                         "split": ["train", "test"]})
