@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from notellm.drift_config import DriftConfig
 from notellm.errors import ConfigError
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from notellm.section import Section
 
 
 class SyntheticConfig(Section):
@@ -77,6 +75,7 @@ class MiningConfig(Section):
 class Config(Section):
     data: DataConfig = DataConfig()
     mining: MiningConfig = MiningConfig()
+    drift: DriftConfig = DriftConfig()
 
 
 def _parse_value(raw: str) -> Any:

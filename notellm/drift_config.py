@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from notellm.config import Section
+from notellm.section import Section
 
 #: Evidently's own thresholds for its embedding drift methods (MMD^2 score; ROC AUC of a classifier).
 DEFAULT_EMBEDDING_THRESHOLDS = {"mmd": 0.015, "model": 0.55}
