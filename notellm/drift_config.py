@@ -40,6 +40,9 @@ class DriftConfig(Section):
     threads: int = Field(
         1, ge=1, description="OpenMP threads for Evidently's t-SNE plot of the embeddings; more threads "
                              "than free cores makes it many times slower")
+    split_quantile: float = Field(
+        0.5, gt=0, lt=1, description="without a reference dataset, events before this quantile of event "
+                                     "time form the reference window, the rest the current window")
     seed: int = 0
 
     @model_validator(mode="after")
