@@ -14,6 +14,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from notellm.drift_config import DriftConfig
 from notellm.errors import ConfigError
+from notellm.index_config import IndexConfig
+from notellm.model_config import EmbeddingConfig, ModelConfig, PromptConfig, TrainingConfig
 from notellm.section import Section
 
 
@@ -72,10 +74,53 @@ class MiningConfig(Section):
         return self
 
 
+class EvaluationConfig(Section):
+    """The paper's protocol (section 5.1) and the deploy gate."""
+
+    ks: list[int] = Field([10, 100, 1000], min_length=1, description="Recall@k for these k")
+    gate_k: int = Field(100, ge=1, description="the gate compares Recall@gate_k")
+    min_gain: float = Field(0.0, description="the new model must beat the reference by this much")
+    generation_notes: int = Field(
+        64, ge=0, description="test notes whose category and hashtags are generated (0: skip generation)")
+    baselines: list[Literal["zero-shot", "prompteol", "minilm", "minilm-ft"]] = Field(
+        ["zero-shot"], description="untrained or cheap baselines evaluated beside the model; the gate's "
+                                   "first-run reference is the first of them")
+    minilm_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _gate_k_is_measured(self) -> EvaluationConfig:
+        if self.gate_k not in self.ks:
+            raise ValueError(f"evaluation.gate_k ({self.gate_k}) must be one of evaluation.ks {self.ks}")
+        return self
+
+
+class ServingConfig(Section):
+    """The KServe predictor (note embedder) and transformer (recommender)."""
+
+    host: str = Field("127.0.0.1", description="local servers bind loopback unless told otherwise")
+    http_port: int = Field(8080, ge=1, le=65535)
+    embedder_name: str = "notellm-embedder"
+    recommender_name: str = "notellm"
+    max_batch_size: int = Field(32, ge=1, description="notes embedded in one forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits to fill a batch")
+    max_request_notes: int = Field(64, ge=1, description="notes allowed in one request")
+    max_note_chars: int = Field(20_000, ge=1, description="characters allowed in one note")
+    max_top_k: int = Field(100, ge=1)
+    default_top_k: int = Field(10, ge=1)
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     mining: MiningConfig = MiningConfig()
+    model: ModelConfig = ModelConfig()
+    prompt: PromptConfig = PromptConfig()
+    training: TrainingConfig = TrainingConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     drift: DriftConfig = DriftConfig()
+    index: IndexConfig = IndexConfig()
+    serving: ServingConfig = ServingConfig()
 
 
 def _parse_value(raw: str) -> Any:

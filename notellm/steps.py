@@ -103,3 +103,126 @@ def check_drift(cfg: Config, data_dir: Path, embeddings_path: Path, out_dir: Pat
     result = run_check(reference, current, vectors[0], vectors[1], cfg.drift,
                        html_path=out_dir / "drift_report.html", summary_path=out_dir / "drift_summary.json")
     return {"passed": result.passed, "reasons": result.reasons, "metrics": result.metrics}
+
+
+def finetune(cfg: Config, notes_dir: Path, pairs_dir: Path, model_dir: Path) -> dict[str, Any]:
+    """Train NoteLLM on the train pairs (GCL + CSFT); writes the model directory (with its loss curve)."""
+    from notellm.contracts import PAIRS
+    from notellm.model import train
+
+    notes = read_table(notes_dir / NOTES_FILE, NOTES)
+    pairs = read_table(pairs_dir / PAIRS_FILE, PAIRS)
+    return train(notes, pairs, cfg.model, cfg.prompt, cfg.training, model_dir)
+
+
+def embed(cfg: Config, model_dir: Path, notes_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Embed every note with the model; writes embeddings.parquet."""
+    from notellm.model import load_model, write_embeddings
+    from notellm.model.runtime import set_threads
+
+    set_threads(cfg.embedding.threads)
+    model = load_model(model_dir)
+    notes = read_table(notes_dir / NOTES_FILE, NOTES)
+    return write_embeddings(model, notes, out_dir / EMBEDDINGS_FILE, cfg.embedding.batch_size,
+                            bf16=cfg.embedding.bf16)
+
+
+def _baseline_vectors(cfg: Config, name: str, notes: pd.DataFrame, train_pairs: pd.DataFrame) -> Any:
+    """Vectors of every note under an untrained or cheap baseline (all in the notes' order)."""
+    if name in ("zero-shot", "prompteol"):
+        from notellm.model import build_model, embed_notes
+
+        prompt = cfg.prompt.model_copy(update={"kind": "notellm" if name == "zero-shot" else "prompteol"})
+        model = build_model(cfg.model.model_copy(update={"dim": None}), prompt, seed=cfg.training.seed)
+        return embed_notes(model, notes, cfg.evaluation.batch_size, bf16=cfg.embedding.bf16)
+    from notellm.evaluation.minilm import finetune_minilm, minilm_embed
+
+    model = None
+    if name == "minilm-ft":
+        model = finetune_minilm(notes, train_pairs, epochs=cfg.evaluation.minilm_epochs,
+                                seed=cfg.training.seed)
+    return minilm_embed(notes, model, cfg.evaluation.batch_size)
+
+
+def evaluate(cfg: Config, model_dir: Path, notes_dir: Path, pairs_dir: Path, embeddings_dir: Path,
+             out_dir: Path, serving_root: Path | None = None) -> dict[str, Any]:
+    """The paper's protocol on the test pairs, the baselines, generation metrics, and the gate's reference.
+
+    Writes results.md (table), recall_at_k.png, results.json into ``out_dir``. The gate's reference is
+    the serving model's Recall@gate_k from the serving record when there is one, else the first baseline's.
+    """
+    from notellm.contracts import PAIRS
+    from notellm.deploy import read_record
+    from notellm.evaluation.report import flat_metrics, plot_recall_curves, write_results_table
+    from notellm.evaluation.retrieval import embedding_matrix, recall_for_pairs
+    from notellm.evaluation.textgen import category_metrics, hashtag_metrics
+    from notellm.io import write_json
+    from notellm.model import generate_for_notes, load_model
+
+    ev = cfg.evaluation
+    notes = read_table(notes_dir / NOTES_FILE, NOTES)
+    pairs = read_table(pairs_dir / PAIRS_FILE, PAIRS)
+    ids, vectors = embedding_matrix(read_table(embeddings_dir / EMBEDDINGS_FILE, EMBEDDINGS))
+    results: dict[str, dict[str, Any]] = {"NoteLLM": {"retrieval": recall_for_pairs(pairs, ids, vectors, ev.ks)}}
+    if ev.generation_notes:
+        test_ids = pd.unique(pairs.loc[pairs["split"] == "test", ["note_id_a", "note_id_b"]].to_numpy().ravel())
+        sample = notes[notes["note_id"].isin(test_ids[:ev.generation_notes])]
+        generated = generate_for_notes(load_model(model_dir), sample, batch_size=ev.batch_size)
+        results["NoteLLM"]["category"] = category_metrics(
+            generated["category"].tolist(), sample["category"].tolist(), sorted(set(notes["category"])))
+        results["NoteLLM"]["hashtags"] = hashtag_metrics(generated["hashtags"].tolist(),
+                                                         sample["hashtags"].tolist())
+    train_pairs = pairs[pairs["split"] == "train"]
+    for name in ev.baselines:
+        results[name] = {"retrieval": recall_for_pairs(
+            pairs, notes["note_id"].tolist(), _baseline_vectors(cfg, name, notes, train_pairs), ev.ks)}
+
+    recall = results["NoteLLM"]["retrieval"]["recall"][ev.gate_k]
+    record = read_record(serving_root) if serving_root else None
+    reference_key = f"recall_at_{ev.gate_k}"
+    if record and reference_key in record.get("metrics", {}):
+        reference = f"the serving model {record['model_version']}"
+        reference_recall = float(record["metrics"][reference_key])
+    elif ev.baselines:
+        reference = f"the {ev.baselines[0]} baseline"
+        reference_recall = results[ev.baselines[0]]["retrieval"]["recall"][ev.gate_k]
+    else:
+        reference, reference_recall = "nothing (no serving model, no baseline)", 0.0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_results_table(results, out_dir / "results.md")
+    plot_recall_curves(results, out_dir / "recall_at_k.png")
+    summary = {reference_key: recall, "reference": reference, "reference_recall": reference_recall,
+               "metrics": flat_metrics(results)}
+    write_json({**summary, "results": {m: {p: {k: v for k, v in part.items() if k not in ("ranks", "curve")}
+                                             for p, part in r.items()} for m, r in results.items()}},
+               out_dir / "results.json")
+    return summary
+
+
+def deploy(cfg: Config, model_dir: Path, metrics: dict[str, float], serving_root: Path,
+           target: str = "local", storage_uri: str = "", isvc: str = "notellm",
+           namespace: str = "kubeflow-user") -> dict[str, Any]:
+    """Promote the model: ``local`` copies it into the serving root; ``kserve`` patches the InferenceService."""
+    from notellm.deploy import deploy_kserve, model_version, promote_local
+
+    record = promote_local(model_dir, serving_root, metrics)
+    if target == "kserve":
+        deploy_kserve(isvc, namespace, storage_uri, model_version(model_dir), metrics)
+        record["inference_service"] = f"{namespace}/{isvc}"
+    return record
+
+
+def index(cfg: Config, notes_dir: Path, embeddings_dir: Path) -> dict[str, Any]:
+    """Fill a new Milvus collection with every embedding, then swap the serving alias to it."""
+    from notellm.vectorstore import NoteIndex
+
+    notes = read_table(notes_dir / NOTES_FILE, NOTES).set_index("note_id")
+    emb = read_table(embeddings_dir / EMBEDDINGS_FILE, EMBEDDINGS)
+    categories = notes["category"].reindex(emb["note_id"]).fillna("").tolist()
+    version = str(emb["model_version"].iloc[0]) if len(emb) else "empty"
+    with NoteIndex(cfg.index) as store:
+        name = store.build_collection(version, emb["note_id"].tolist(), list(emb["vector"]), categories)
+        previous = store.swap_alias(name)
+        count = store.count()
+    return {"collection": name, "previous": previous, "alias": cfg.index.alias, "rows": count,
+            "uri": cfg.index.uri, "model_version": version}

@@ -1,0 +1,1 @@
+"""The NoteLLM pipeline (one DAG), its compiler and its local and cluster runners."""

@@ -1,0 +1,82 @@
+"""The NoteLLM pipeline: data -> Feast features -> pairs -> finetune -> embed -> evaluate + drift -> gate
+-> deploy + index. Compile with ``notellm compile`` and upload the YAML in the Kubeflow UI."""
+
+from kfp import dsl
+
+from components.check_drift import check_drift
+from components.deploy import deploy
+from components.embed import embed
+from components.evaluate import evaluate
+from components.finetune import finetune
+from components.gate import gate
+from components.index import index
+from components.make_config import make_config
+from components.mine_pairs import mine_pairs
+from components.note_features import note_features
+from components.prepare_data import prepare_data
+
+PIPELINE_NAME = "notellm"
+
+
+def build_pipeline(gpu: bool = False):
+    """The pipeline function; ``gpu`` asks for one NVIDIA GPU for the finetune and embed steps."""
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="NoteLLM: train, evaluate, drift-check and serve note embeddings")
+    def notellm_pipeline(
+        dataset: str = "movielens-100k",
+        backbone: str = "smollm2-135m",
+        max_steps: int = 60,
+        batch_pairs: int = 16,
+        learning_rate: float = 2e-4,
+        alpha: float = 0.01,
+        window_positions: int = 10,
+        top_t: int = 10,
+        min_gain: float = 0.0,
+        feature_repo: str = "/mnt/notellm/feature_repo",
+        serving_root: str = "/mnt/notellm/serving",
+        milvus_uri: str = "http://notellm-milvus:19530",
+        reference_data: str = "",
+        deploy_target: str = "kserve",
+        inference_service: str = "notellm",
+        namespace: str = "kubeflow-user",
+        overrides: list = [],  # noqa: B006 - KFP parameters are declared with their defaults
+        config_yaml: str = "",
+    ):
+        cfg = make_config(dataset=dataset, backbone=backbone, max_steps=max_steps, batch_pairs=batch_pairs,
+                          learning_rate=learning_rate, alpha=alpha, window_positions=window_positions,
+                          top_t=top_t, milvus_uri=milvus_uri, overrides=overrides, config_yaml=config_yaml)
+        cfg.set_display_name("validate config")
+        data = prepare_data(config=cfg.output)
+        features = note_features(data=data.outputs["data"], feature_repo=feature_repo)
+        features.set_caching_options(False)  # writes the Feast store
+        notes = features.outputs["notes"]
+        pairs = mine_pairs(config=cfg.output, notes=notes)
+        trained = finetune(config=cfg.output, notes=notes, pairs=pairs.outputs["pairs"])
+        trained.set_memory_limit("32G").set_cpu_limit("8")
+        vectors = embed(config=cfg.output, model=trained.outputs["model"], notes=notes)
+        vectors.set_memory_limit("16G")
+        if gpu:
+            for task in (trained, vectors):
+                task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        scored = evaluate(config=cfg.output, model=trained.outputs["model"], notes=notes,
+                          pairs=pairs.outputs["pairs"], embeddings=vectors.outputs["embeddings"],
+                          serving_root=serving_root)
+        scored.set_memory_limit("16G").set_caching_options(False)  # compares with what serves now
+        drift = check_drift(config=cfg.output, notes=notes, embeddings=vectors.outputs["embeddings"],
+                            reference_data=reference_data)
+        decision = gate(recall=scored.outputs["recall"], reference_recall=scored.outputs["reference_recall"],
+                        reference=scored.outputs["reference"], drift_passed=drift.outputs["passed"],
+                        drift_reasons=drift.outputs["reasons"], min_gain=min_gain)
+        decision.set_caching_options(False)
+        with dsl.If(decision.outputs["Output"] == True, name="deploy-gate"):  # noqa: E712 - KFP condition syntax
+            shipped = deploy(config=cfg.output, model=trained.outputs["model"], recall=scored.outputs["recall"],
+                             serving_root=serving_root, target=deploy_target,
+                             inference_service=inference_service, namespace=namespace)
+            shipped.set_caching_options(False)
+            indexed = index(config=cfg.output, notes=notes, embeddings=vectors.outputs["embeddings"])
+            indexed.set_caching_options(False).after(shipped)
+
+    return notellm_pipeline
+
+
+notellm_pipeline = build_pipeline()

@@ -1,0 +1,137 @@
+"""The Note Compression Prompt: layout, task share, hidden category, length limits, the [EMB] guard."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from notellm.errors import ConfigError, DataError
+from notellm.model.backbones import add_emb_token, load_backbone
+from notellm.model.prompt import IGNORE_INDEX, Note, NotePrompter, notes_from_frame
+from notellm.model_config import EMB_TOKEN, PromptConfig
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    model, tokenizer = load_backbone("tiny-random")
+    return tokenizer, add_emb_token(model, tokenizer)
+
+
+def prompter(backbone, **settings) -> NotePrompter:
+    tokenizer, emb_id = backbone
+    return NotePrompter(tokenizer, PromptConfig(**settings), emb_id)
+
+
+NOTE = Note("m1", "Toy Story (1995)", "A cowboy doll is threatened by a new spaceman toy.",
+            ("Animation", "Children", "Comedy"), "Animation")
+
+
+def test_category_prompt_layout_and_labels(backbone):
+    p = prompter(backbone, hashtag_task_share=0.0)
+    ex = p.training_example(NOTE)
+    text = p.tokenizer.decode(ex.input_ids)
+    assert text.startswith(p.tokenizer.bos_token + "Extract the note information in json format")
+    assert '"title": "Toy Story (1995)", "topic": "Children, Comedy"' in text  # the category is hidden
+    assert text.endswith(f'The compression word is:"{EMB_TOKEN}". The category is: Animation'
+                         + p.tokenizer.eos_token)
+    assert ex.input_ids.count(p.emb_id) == 1
+    out = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE_INDEX]
+    assert p.tokenizer.decode(out) == " Animation" + p.tokenizer.eos_token
+    assert [lab for lab in ex.labels if lab != IGNORE_INDEX] == out
+
+
+def test_hidden_category_can_be_kept(backbone):
+    text = prompter(backbone, hide_category_in_topics=False).tokenizer.decode(
+        prompter(backbone, hide_category_in_topics=False).embedding_ids(NOTE))
+    assert '"topic": "Animation, Children, Comedy"' in text
+
+
+def test_hashtag_task_share_and_seeding(backbone):
+    p = prompter(backbone)
+    notes = [Note(f"n{i}", f"title {i}", "", ("a", "b", "c", "d"), "a") for i in range(500)]
+    tasks = [p.choose_task(n) for n in notes]
+    share = sum(t == "hashtags" for t, _ in tasks) / len(tasks)
+    assert 0.33 < share < 0.47
+    assert tasks == [p.choose_task(n) for n in notes]  # seeded per note
+    assert tasks != [p.choose_task(n, salt=1) for n in notes]  # another epoch draws anew
+    for task, chosen in tasks:
+        assert (task == "category") == (not chosen)
+        assert set(chosen) <= {"a", "b", "c", "d"} and len(chosen) <= 3
+    no_tags = Note("x", "t", "", (), "c")
+    assert prompter(backbone, hashtag_task_share=1.0).choose_task(no_tags)[0] == "category"
+
+
+def test_hashtag_prompt(backbone):
+    p = prompter(backbone, hashtag_task_share=1.0, max_output_hashtags=2)
+    ex = p.training_example(NOTE)
+    task, chosen = p.choose_task(NOTE)
+    j = len(chosen)
+    text = p.tokenizer.decode(ex.input_ids)
+    assert f"generate {j} topics of the note." in text
+    assert '"topic"' not in text  # the hashtag task's input is {title, content}
+    assert text.endswith(f"The {j} topics are: {', '.join(chosen)}{p.tokenizer.eos_token}")
+
+
+def test_literal_emb_in_user_text_is_not_the_special_token(backbone):
+    p = prompter(backbone, hashtag_task_share=0.0)
+    tricky = Note("t", f"Hello {EMB_TOKEN} world", f"{EMB_TOKEN}{EMB_TOKEN} {p.tokenizer.eos_token}",
+                  (EMB_TOKEN,), "c")
+    for ids in (p.embedding_ids(tricky), p.training_example(tricky).input_ids,
+                p.generation_ids(tricky, "hashtags", 2)):
+        assert ids.count(p.emb_id) == 1
+    ids = p.embedding_ids(tricky)
+    assert ids[-1] == p.emb_id  # the only [EMB] is the template's, at the end of the embedding prompt
+    assert p.tokenizer.eos_token_id not in ids
+    assert EMB_TOKEN in p.tokenizer.decode(ids[:-1])  # the user's text survives as plain characters
+
+
+def test_length_limits_in_tokens_and_chars(backbone):
+    long = Note("l", "word " * 200, "more " * 500, (), "c")
+    short_tokens = prompter(backbone, title_max=5, content_max=7).embedding_ids(long)
+    full = prompter(backbone, title_max=1000, content_max=1000).embedding_ids(long)
+    assert len(short_tokens) < len(full) - 600
+    body = json.loads(prompter(backbone, title_max=5).tokenizer.decode(short_tokens).split(". ", 1)[1]
+                      .rsplit(" The compression", 1)[0])
+    assert len(prompter(backbone).tokens(body["title"])) <= 5
+    chars = prompter(backbone, length_unit="chars", title_max=9, content_max=4)
+    body = json.loads(chars.note_json(long, topics=False, hide_category=True))
+    assert body == {"title": "word word", "content": "more"}
+
+
+def test_chinese_template(backbone):
+    p = prompter(backbone, template="zh", hashtag_task_share=0.0)
+    text = p.tokenizer.decode(p.training_example(NOTE).input_ids)
+    assert '"标题": "Toy Story (1995)"' in text and f"压缩为一个词：“{EMB_TOKEN}”。笔记类目：Animation" in text
+    with pytest.raises(ValueError, match="unknown template"):
+        PromptConfig(template="fr")
+
+
+def test_baseline_prompts_end_where_they_pool(backbone):
+    eol = prompter(backbone, kind="prompteol")
+    ids = eol.embedding_ids(NOTE)
+    assert eol.tokenizer.decode(ids[:-1]).endswith('" means in one word:"') and ids[-1] == eol.emb_id
+    rep = prompter(backbone, kind="repllama")
+    ids = rep.embedding_ids(NOTE)
+    assert ids[-2:] == [rep.tokenizer.eos_token_id, rep.emb_id]  # pooled at the EOS
+    assert rep.training_example(NOTE).labels is None
+    with pytest.raises(ConfigError, match="notellm"):
+        rep.generation_ids(NOTE, "category")
+
+
+def test_notes_from_frame_checks_text(notes_df):
+    notes = notes_from_frame(notes_df)
+    assert notes[0] == Note("n1", "Pasta at home", "Fresh pasta, two ways.", ("pasta", "cooking"), "food")
+    assert notes_from_frame(notes_df[["note_id", "title", "content"]])[1].hashtags == ()
+    with pytest.raises(DataError, match="content") as err:
+        notes_from_frame(notes_df.drop(columns=["content"]), file="notes.parquet")
+    assert err.value.file == "notes.parquet"
+    empty = notes_df.assign(title=["a", "", "c"], content=["x", " ", "z"])
+    with pytest.raises(DataError, match="no text") as err:
+        notes_from_frame(empty)
+    assert err.value.row == 1
+    with pytest.raises(DataError, match="hashtags"):
+        notes_from_frame(notes_df.assign(hashtags=["pasta", "x", "y"]))
+    with pytest.raises(DataError, match="expected a string"):
+        notes_from_frame(pd.DataFrame({"note_id": ["a"], "title": [3.5], "content": ["x"]}))
