@@ -12,7 +12,7 @@ from components import BASE_IMAGE
 def evaluate(config: str, model: Input[Model], notes: Input[Dataset], pairs: Input[Dataset],
              embeddings: Input[Dataset], serving_root: str, metrics: Output[Metrics], table: Output[Markdown],
              recall_plot: Output[HTML]) -> NamedTuple("Evaluation", [("recall", float), ("reference_recall", float),
-                                                                   ("reference", str)]):
+                                                                   ("reference", str), ("metric", str)]):
     """The results table (Markdown) and recall@k curves (HTML) show in the run; the gate gets the numbers."""
     import base64
     import shutil
@@ -31,6 +31,6 @@ def evaluate(config: str, model: Input[Model], notes: Input[Dataset], pairs: Inp
     Path(recall_plot.path).write_text(f'<html><body><h2>Recall@k</h2>'
                                       f'<img src="data:image/png;base64,{png}"/></body></html>')
     log_metrics(metrics, summary["metrics"])
-    recall = next(v for k, v in summary.items() if k.startswith("recall_at_"))
-    return namedtuple("Evaluation", ["recall", "reference_recall", "reference"])(
-        recall, summary["reference_recall"], summary["reference"])
+    key = next(k for k in summary if k.startswith("recall_at_"))
+    return namedtuple("Evaluation", ["recall", "reference_recall", "reference", "metric"])(
+        summary[key], summary["reference_recall"], summary["reference"], "R@" + key.removeprefix("recall_at_"))

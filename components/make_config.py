@@ -13,7 +13,8 @@ def make_config(dataset: str, backbone: str, max_steps: int, batch_pairs: int, l
     (``section.key=value`` strings) win in that order."""
     from notellm.kfp_io import config_yaml as build
 
-    typed = [f"data.dataset={dataset}", f"model.backbone={backbone}", f"training.max_steps={max_steps}",
+    steps = max_steps if max_steps > 0 else "null"  # 0: train one full epoch
+    typed = [f"data.dataset={dataset}", f"model.backbone={backbone}", f"training.max_steps={steps}",
              f"training.batch_pairs={batch_pairs}", f"training.lr={learning_rate}", f"training.alpha={alpha}",
              f"mining.window_positions={window_positions}", f"mining.top_t={top_t}", f"index.uri={milvus_uri}"]
     return build([*typed, *(str(o) for o in overrides)], config_yaml)

@@ -98,16 +98,100 @@ def mine(data: Path = WORKSPACE / "data", out: Path = WORKSPACE / "mining",
     _show(f"pairs -> {out / 'pairs.parquet'}", {k: v for k, v in stats.items() if k != "score_histogram"})
 
 
-@app.command()
-def run(workspace: Path = WORKSPACE, config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """The whole job locally: dataset, then pair mining (later steps join as they land)."""
-    from notellm.datasets import build_dataset
-    from notellm.mining import run_mining
-
-    cfg = _config(config, set_)
+def _step(title: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one step, print its summary; a NoteLLMError becomes a clear message and exit code 2."""
     try:
-        _show(f"1/2 dataset {cfg.data.dataset}", build_dataset(cfg.data, workspace / "data"))
-        stats = run_mining(workspace / "data", workspace / "mining", cfg.mining)
+        result = fn(*args, **kwargs)
     except NoteLLMError as exc:
         _fail(exc)
-    _show("2/2 pair mining", {k: v for k, v in stats.items() if k != "score_histogram"})
+    _show(title, {k: v for k, v in result.items() if not isinstance(v, (dict, list))})
+    return result
+
+
+@app.command()
+def train(notes: Path = WORKSPACE / "data", pairs: Path = WORKSPACE / "mining", out: Path = WORKSPACE / "model",
+          config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Fine-tune NoteLLM (GCL + CSFT) on the train pairs; writes the model directory."""
+    from notellm import steps
+
+    _step(f"model -> {out}", steps.finetune, _config(config, set_), notes, pairs, out)
+
+
+@app.command()
+def embed(model: Path = WORKSPACE / "model", notes: Path = WORKSPACE / "data",
+          out: Path = WORKSPACE / "embeddings", config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Embed every note of a notes directory with a trained model; writes embeddings.parquet."""
+    from notellm import steps
+
+    _step(f"embeddings -> {out}", steps.embed, _config(config, set_), model, notes, out)
+
+
+@app.command()
+def evaluate(model: Path = WORKSPACE / "model", notes: Path = WORKSPACE / "data",
+             pairs: Path = WORKSPACE / "mining", embeddings: Path = WORKSPACE / "embeddings",
+             out: Path = WORKSPACE / "evaluation", config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Recall@k on the test pairs against the whole catalogue, generation metrics and the baselines."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from notellm import steps
+
+    _step(f"evaluation -> {out}", steps.evaluate, _config(config, set_), model, notes, pairs, embeddings, out)
+    Console().print(Markdown((out / "results.md").read_text()))
+
+
+@app.command()
+def generate(model: Path = WORKSPACE / "model", notes: Path = WORKSPACE / "data",
+             note_id: Annotated[list[str] | None, typer.Option("--note-id", help="Notes to generate for.")] = None,
+             limit: int = 5) -> None:
+    """Generate the category and hashtags of notes (greedy, repetition penalty 1.2)."""
+    from rich.console import Console
+
+    from notellm.contracts import NOTES, read_table
+    from notellm.model import generate_for_notes, load_model
+
+    try:
+        table = read_table(notes / "notes.parquet" if notes.is_dir() else notes, NOTES)
+        chosen = table[table["note_id"].isin(note_id)] if note_id else table.head(limit)
+        out = generate_for_notes(load_model(model), chosen)
+    except NoteLLMError as exc:
+        _fail(exc)
+    Console().print(out.merge(chosen[["note_id", "title"]], on="note_id").to_string(index=False))
+
+
+@app.command()
+def compile(out: Path = Path("pipelines/notellm_pipeline.yaml"),
+            gpu: Annotated[bool, typer.Option(help="Ask for a GPU in finetune and embed.")] = False) -> None:
+    """Write the pipeline YAML that you upload in the Kubeflow UI."""
+    from pipelines.compile import compile_pipeline
+
+    typer.echo(f"wrote {compile_pipeline(out, gpu=gpu)}")
+
+
+@app.command()
+def submit(host: Annotated[str, typer.Option(help="Kubeflow Pipelines API endpoint.")],
+           experiment: str = "notellm", run_name: str | None = None,
+           param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
+           package: Path = Path("pipelines/notellm_pipeline.yaml")) -> None:
+    """Submit a run of the compiled pipeline to a Kubeflow Pipelines endpoint."""
+    from pipelines.submit import submit_run
+
+    try:
+        run_id = submit_run(host, package, experiment, run_name, param or [])
+    except NoteLLMError as exc:
+        _fail(exc)
+    typer.echo(f"submitted run {run_id} to {host}")
+
+
+@app.command()
+def run(workspace: Path = WORKSPACE,
+        full: Annotated[bool, typer.Option(help="The full training budget instead of the quick one.")] = False,
+        param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter name=value.")] = None,
+        set_: SetOpt = None) -> None:
+    """The whole pipeline locally (kfp.local, Milvus Lite, Feast sqlite, Evidently), then a summary."""
+    from pipelines.local import run_and_summarize
+
+    try:
+        run_and_summarize(workspace, full=full, params=param or [], overrides=set_ or [])
+    except NoteLLMError as exc:
+        _fail(exc)

@@ -47,3 +47,72 @@ def task_outputs(run_dir: Path, task: str) -> dict[str, Any]:
 
 def ran(run_dir: Path, task: str) -> bool:
     return (run_dir / task).is_dir()
+
+
+QUICK = {"max_steps": 60}
+FULL = {"max_steps": 0}  # one full epoch over the train pairs
+
+
+def _related_examples(cfg_yaml: str, run_dir: Path, count: int = 3, k: int = 5) -> list[tuple[str, list[str]]]:
+    """``count`` notes of the test split with the titles of their top-``k`` related notes from Milvus."""
+    import pandas as pd
+
+    from notellm.kfp_io import config_from_yaml
+    from notellm.vectorstore import NoteIndex
+
+    cfg = config_from_yaml(cfg_yaml)
+    notes = pd.read_parquet(run_dir / "note-features" / "notes" / "notes.parquet").set_index("note_id")
+    pairs = pd.read_parquet(run_dir / "mine-pairs" / "pairs" / "pairs.parquet")
+    queries = pairs.loc[pairs["split"] == "test", "note_id_a"].drop_duplicates().head(count).tolist()
+    with NoteIndex(cfg.index) as store:
+        hits = store.related(queries, k)
+    return [(notes.at[q, "title"], [f"{notes.at[h.note_id, 'title']} ({h.score:.2f})" for h in row])
+            for q, row in zip(queries, hits)]
+
+
+def summarize(workspace: Path, run_dir: Path) -> str:
+    """A Markdown summary of a local run: results, drift, gate, where the model and collection live."""
+    from notellm.deploy import read_record
+
+    cfg_yaml = task_outputs(run_dir, "make-config")["Output"]
+    drift = task_outputs(run_dir, "check-drift")
+    lines = [f"# NoteLLM local run `{run_dir.name}`", "", "## Evaluation (test pairs, whole catalogue)", "",
+             (run_dir / "evaluate" / "table").read_text().strip(), "",
+             f"## Drift: {'passed' if drift.get('passed') else 'FAILED'}", "",
+             f"- report: {run_dir / 'check-drift' / 'report'}"]
+    lines += [f"- {reason}" for reason in drift.get("reasons", "").split("; ") if reason]
+    lines += ["", (run_dir / "gate" / "decision").read_text().strip().replace("# ", "## "), ""]
+    record = read_record(workspace / "serving")
+    if record:
+        lines += [f"- serving model: `{record['model_version']}` at {record['model_dir']}"]
+    if ran(run_dir, "index"):
+        meta = json.loads((run_dir / "index" / "executor_output.json").read_text())
+        info = meta["artifacts"]["stats"]["artifacts"][0]["metadata"]
+        lines += [f"- Milvus collection `{info['collection']}` behind alias `{info['alias']}` "
+                  f"({info['rows']} notes) in {info['uri']}", "", "## Related notes (top 5)", ""]
+        for title, related in _related_examples(cfg_yaml, run_dir):
+            lines += [f"- **{title}**: " + "; ".join(related)]
+    elif record is None:
+        lines += ["- nothing deployed yet: the gate stopped the first run"]
+    return "\n".join(lines) + "\n"
+
+
+def run_and_summarize(workspace: Path, full: bool = False, params: list[str] | None = None,
+                      overrides: list[str] | None = None) -> Path:
+    """``notellm run``: the pipeline locally with the quick (or full) budget, then print and save a summary."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from notellm.io import atomic_path
+    from pipelines.params import parse_params
+
+    arguments = {**(FULL if full else QUICK), **parse_params(params or [])}
+    if overrides:
+        arguments["overrides"] = [*arguments.get("overrides", []), *overrides]
+    run_dir = run_local(workspace, **arguments)
+    text = summarize(workspace.resolve(), run_dir)
+    with atomic_path(workspace / "summary.md") as tmp:
+        tmp.write_text(text)
+    Console().print(Markdown(text))
+    Console().print(f"summary saved to {workspace / 'summary.md'}")
+    return run_dir

@@ -66,7 +66,8 @@ def build_pipeline(gpu: bool = False):
                             reference_data=reference_data)
         decision = gate(recall=scored.outputs["recall"], reference_recall=scored.outputs["reference_recall"],
                         reference=scored.outputs["reference"], drift_passed=drift.outputs["passed"],
-                        drift_reasons=drift.outputs["reasons"], min_gain=min_gain)
+                        drift_reasons=drift.outputs["reasons"], min_gain=min_gain,
+                        metric=scored.outputs["metric"])
         decision.set_caching_options(False)
         with dsl.If(decision.outputs["Output"] == True, name="deploy-gate"):  # noqa: E712 - KFP condition syntax
             shipped = deploy(config=cfg.output, model=trained.outputs["model"], recall=scored.outputs["recall"],
