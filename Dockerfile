@@ -20,16 +20,17 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
 
 COPY pyproject.toml README.md ./
 COPY notellm ./notellm
-RUN pip install .
-
 COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
 COPY feature_repo ./feature_repo
+# Editable: the library finds the Feast repository template beside it, at /app/feature_repo.
+RUN pip install -e .
 
-RUN useradd --uid 1000 --create-home notellm \
- && mkdir -p "${NOTELLM_CACHE}" && chown notellm "${NOTELLM_CACHE}"
+# Convert the packaged SmolLM2 GGUF to safetensors once, at build time (about 30 s), not in every pod.
+RUN python -c "from notellm.model import load_backbone; load_backbone('smollm2-135m')" \
+ && useradd --uid 1000 --create-home notellm \
+ && chown -R notellm "${NOTELLM_CACHE}"
 USER 1000
-ENV PYTHONPATH=/app
 EXPOSE 8080 8081
 CMD ["notellm", "--help"]

@@ -15,11 +15,11 @@ def submit_run(host: str, package: Path, experiment: str, run_name: str | None, 
     if not package.exists():
         raise NoteLLMError(f"{package} does not exist: run `notellm compile` first")
     arguments = parse_params(params)
-    if client is None:
-        import kfp
-
-        client = kfp.Client(host=host)
     try:
+        if client is None:
+            import kfp
+
+            client = kfp.Client(host=host)
         result = client.create_run_from_pipeline_package(str(package), arguments=arguments, run_name=run_name,
                                                          experiment_name=experiment)
     except Exception as exc:  # noqa: BLE001 - connection and API errors of the kfp client

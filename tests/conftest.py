@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import os
+
+# Tests run offline and on few cores: no model hub, one thread per process (also for kfp.local tasks,
+# which inherit the environment). Oversubscribed threads made small torch ops ~100x slower here.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pandas as pd  # noqa: E402
 import pytest
 
 

@@ -1,0 +1,90 @@
+"""The whole pipeline through kfp.local (tiny-random backbone, small synthetic data): both sides of the gate.
+
+Run 1 forces the gate open (min_gain -1): deploy and index run, every artifact exists and is valid, the
+collection answers a search. Run 2, in the same workspace, demands a gain no model can reach: the gate
+stops, deploy and index are skipped, the serving record still names run 1's model, and evaluation
+compared against that serving model rather than the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.local import run_local, summarize, task_outputs
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = ["data.synthetic.users=80", "data.synthetic.notes=150", "data.synthetic.events=6000",
+             "evaluation.ks=[10,50]", "evaluation.gate_k=50", "evaluation.generation_notes=3",
+             "training.threads=1", "embedding.threads=1", "drift.sample_size=100"]
+PARAMS = {"dataset": "synthetic", "backbone": "tiny-random", "max_steps": 2, "batch_pairs": 4,
+          "overrides": OVERRIDES}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pipeline")
+
+
+@pytest.fixture(scope="module")
+def deployed_run(workspace: Path) -> Path:
+    return run_local(workspace, min_gain=-1.0, **PARAMS)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(workspace: Path, deployed_run: Path) -> Path:
+    return run_local(workspace, min_gain=1.0, **PARAMS)
+
+
+def test_every_artifact_exists_and_is_valid(deployed_run: Path) -> None:
+    from notellm.contracts import EMBEDDINGS, NOTES, PAIRS, read_table
+    from notellm.model import load_model
+
+    notes = read_table(deployed_run / "note-features" / "notes" / "notes.parquet", NOTES)
+    pairs = read_table(deployed_run / "mine-pairs" / "pairs" / "pairs.parquet", PAIRS)
+    emb = read_table(deployed_run / "embed" / "embeddings" / "embeddings.parquet", EMBEDDINGS)
+    assert len(notes) == 150 and set(pairs["split"]) == {"train", "val", "test"}
+    assert set(emb["note_id"]) == set(notes["note_id"])
+    model = load_model(deployed_run / "finetune" / "model")
+    assert model.dim == len(emb["vector"].iloc[0]) == 128
+    html = (deployed_run / "check-drift" / "report").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") or html.lstrip().lower().startswith("<html")
+    assert "<img" in (deployed_run / "finetune" / "loss_curve").read_text()
+    assert "| NoteLLM" in (deployed_run / "evaluate" / "table").read_text()
+    assert json.loads((deployed_run / "check-drift" / "details").read_text())["passed"] in (True, False)
+    assert task_outputs(deployed_run, "gate")["Output"] is True
+
+
+def test_deploy_and_index_serve_the_new_model(workspace: Path, deployed_run: Path) -> None:
+    from notellm.deploy import read_record
+    from notellm.kfp_io import config_from_yaml
+    from notellm.vectorstore import NoteIndex
+
+    record = read_record(workspace / "serving")
+    model_json = json.loads((deployed_run / "finetune" / "model" / "notellm.json").read_text())
+    assert record is not None and record["model_version"] == model_json["model_version"]
+    assert Path(record["model_dir"], "notellm.json").exists()
+    cfg = config_from_yaml(task_outputs(deployed_run, "make-config")["Output"])
+    notes = pd.read_parquet(deployed_run / "note-features" / "notes" / "notes.parquet")
+    with NoteIndex(cfg.index) as store:
+        assert store.count() == len(notes)
+        hits = store.related([notes["note_id"].iloc[0]], 5)[0]
+    assert len(hits) == 5 and notes["note_id"].iloc[0] not in {h.note_id for h in hits}
+    assert "Related notes" in summarize(workspace, deployed_run)
+
+
+def test_failing_gate_skips_deploy_and_index(workspace: Path, deployed_run: Path, stopped_run: Path) -> None:
+    from notellm.deploy import read_record
+
+    assert task_outputs(stopped_run, "gate")["Output"] is False
+    assert not (stopped_run / "deploy").exists() and not (stopped_run / "index").exists()
+    first = json.loads((deployed_run / "finetune" / "model" / "notellm.json").read_text())["model_version"]
+    assert read_record(workspace / "serving")["model_version"] == first
+    evaluation = task_outputs(stopped_run, "evaluate")
+    assert evaluation["reference"] == f"the serving model {first}"
+    decision = (stopped_run / "gate" / "decision").read_text()
+    assert "not deployed" in decision and "R@50" in decision
