@@ -64,13 +64,31 @@ def _prune(models: Path, keep: int, current: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def inference_service_patch(storage_uri: str, version: str, metrics: dict[str, float]) -> dict[str, Any]:
-    """The JSON merge patch that points the predictor at a new model and records why it was deployed."""
+def inference_service_patch(isvc: dict[str, Any], storage_uri: str, version: str,
+                            metrics: dict[str, float]) -> dict[str, Any]:
+    """The merge patch that points the predictor of ``isvc`` (as read from the cluster) at a new model.
+
+    The predictor is a custom container whose ``STORAGE_URI`` the storage initializer fetches into
+    /mnt/models; the patch replaces that value (and ``model.storageUri`` where a model spec is used) and
+    records the version and the metrics that passed the gate as annotations.
+    """
+    predictor = isvc.get("spec", {}).get("predictor", {})
     annotations = {f"{ANNOTATION_PREFIX}model-version": version,
                    **{f"{ANNOTATION_PREFIX}{k.replace('@', '-at-').replace('_', '-').lower()}": f"{v:.6g}"
                       for k, v in sorted(metrics.items())}}
-    return {"metadata": {"annotations": annotations},
-            "spec": {"predictor": {"model": {"storageUri": storage_uri}}}}
+    patch: dict[str, Any] = {"metadata": {"annotations": annotations}, "spec": {"predictor": {}}}
+    if "model" in predictor:
+        patch["spec"]["predictor"]["model"] = {"storageUri": storage_uri}
+    containers = [dict(c) for c in predictor.get("containers", [])]
+    for container in containers:
+        if container.get("name") == "kserve-container":
+            env = [e for e in container.get("env", []) if e.get("name") != "STORAGE_URI"]
+            container["env"] = [{"name": "STORAGE_URI", "value": storage_uri}, *env]
+            patch["spec"]["predictor"]["containers"] = containers
+    if not patch["spec"]["predictor"]:
+        raise NoteLLMError("the InferenceService has neither a predictor model nor a kserve-container to point "
+                           "at the new model")
+    return patch
 
 
 def deploy_kserve(name: str, namespace: str, storage_uri: str, version: str, metrics: dict[str, float],
@@ -84,9 +102,11 @@ def deploy_kserve(name: str, namespace: str, storage_uri: str, version: str, met
         except config.ConfigException:
             config.load_kube_config()
         api = client.CustomObjectsApi()
-    body = inference_service_patch(storage_uri, version, metrics)
+    where = (KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name)
     try:
-        return api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL,
-                                                  name, body)
+        body = inference_service_patch(api.get_namespaced_custom_object(*where), storage_uri, version, metrics)
+        return api.patch_namespaced_custom_object(*where, body)
+    except NoteLLMError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the API client raises its own exception types
         raise NoteLLMError(f"patching InferenceService {namespace}/{name} failed: {exc}") from exc
