@@ -1,4 +1,4 @@
-"""Related-note pairs from user behaviour (paper section 4.3), computed in DuckDB, and their split.
+"""Related-note pairs from user behaviour (paper section 4.3) and their split.
 
 For notes A and B, ``s(A->B)`` sums ``1 / N_u`` over the users u who had a source-action event on A
 (``mining.source_actions``) and then a target-action event on B (``mining.target_actions``) within the
@@ -10,6 +10,12 @@ top ``top_t`` per A are kept (score descending, then ``note_id_b`` ascending).
 
 Scores are rounded to :data:`SCORE_DECIMALS` decimals, so that the same sum of fractions added in a
 different order (threads, another implementation) gives the same score, threshold and ranking.
+
+How: events are read with arrow and given dense integer ids (notes in string order); the candidate
+(a, b) of each source event and each later target event in its window come from the events sorted by
+user and time, one array step per window offset; DuckDB then keeps one candidate per (user, pair)
+(only where the user has a repeated note: elsewhere a pair cannot repeat), sums ``1 / N_u`` per
+pair, applies the thresholds and keeps the top t per note, all on integer keys.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from notellm.config import MiningConfig
@@ -36,7 +43,7 @@ PAIR_COLUMNS = ["note_id_a", "note_id_b", "score"]
 _VALIDATE_BATCH_ROWS = 1_000_000
 _HISTOGRAM_BINS = 20
 DUCKDB_MEMORY_LIMIT = "1GB"  # DuckDB spills beyond this; its own default is 80% of the machine's memory
-MAX_LEAD_WINDOW = 32  # longer position windows use an equi-join on positions instead of lead() columns
+_SPARSE_REACH = 16  # below 1/16 of the events still in reach, index them instead of slicing
 _SCALE = f"CAST({10 ** SCORE_DECIMALS} AS DOUBLE)"
 
 
@@ -51,23 +58,17 @@ def _window_us(seconds: float) -> int:
     return math.floor(round(seconds * 1_000_000, 6))
 
 
-def _sql_list(values: list[str]) -> str:
-    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]::VARCHAR[]"
-
-
-def _source_sql(con: duckdb.DuckDBPyConnection, events: pd.DataFrame | str | Path) -> str:
-    """A FROM clause yielding user_id, note_id, ts, action and the file row of each event."""
+def _event_columns(events: pd.DataFrame | str | Path) -> tuple[pa.Table, str | Path | None]:
+    """The events as an arrow table in contract types, and the file they came from (None for a frame)."""
+    names = CONTRACTS[EVENTS].schema.names
     if isinstance(events, pd.DataFrame):
-        frame = validate(events, EVENTS)
-        table = pa.Table.from_pandas(frame, schema=CONTRACTS[EVENTS].schema, preserve_index=False)
-        con.register("events_input", table.append_column("file_row", pa.array(np.arange(len(frame)))))
-        return "events_input"
+        return pa.Table.from_pandas(validate(events, EVENTS), schema=CONTRACTS[EVENTS].schema,
+                                    preserve_index=False), None
     path = Path(events)
     if not path.is_file():
         raise DataError("file not found", file=path)
     schema = pq.read_schema(path)
-    expected = CONTRACTS[EVENTS].schema
-    for field in expected:
+    for field in CONTRACTS[EVENTS].schema:
         if field.name not in schema.names:
             raise DataError(f"missing column {field.name!r} for an events table; found {schema.names}",
                             file=path, column=field.name)
@@ -75,155 +76,171 @@ def _source_sql(con: duckdb.DuckDBPyConnection, events: pd.DataFrame | str | Pat
         naive_time = pa.types.is_timestamp(field.type) and pa.types.is_timestamp(found) and found.tz is None
         if not (found.equals(field.type) or naive_time):
             # Not in contract types (integer ids, text or zoned times): validate and convert in memory.
-            return _source_sql(con, read_table(path, EVENTS))
-    escaped = str(path).replace("'", "''")
-    return (f"(SELECT user_id, note_id, ts, action, file_row_number AS file_row "
-            f"FROM read_parquet('{escaped}', file_row_number = true))")
+            return _event_columns(read_table(path, EVENTS))[0], path
+    return pq.read_table(path, columns=names), path
 
 
-def _check_no_nulls(con: duckdb.DuckDBPyConnection, events: pd.DataFrame | str | Path) -> None:
-    bad = con.execute("""
-        SELECT file_row, CASE WHEN user_id IS NULL THEN 'user_id' WHEN note_id IS NULL THEN 'note_id'
-                              ELSE 'ts' END
-        FROM raw WHERE user_id IS NULL OR note_id IS NULL OR t IS NULL
-        ORDER BY file_row LIMIT 1""").fetchall()
-    if bad:
-        raise DataError("missing value", file=None if isinstance(events, pd.DataFrame) else events,
-                        row=int(bad[0][0]), column=bad[0][1])
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Integer codes of a (null-free) column and its distinct values, codes in first-seen order."""
+    encoded = column.dictionary_encode().combine_chunks()
+    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary
 
 
-def _candidates_sql(cfg: MiningConfig) -> str:
-    """SQL for every (uid, a, b): a source event on a, then a target event on b in the window (a != b)."""
-    w = cfg.window_positions
-    if w is not None and w <= MAX_LEAD_WINDOW:
-        # The next w events of the user are lead(.., 1..w) over one sorted window: no join needed.
-        leads = ", ".join(f"lead(tnid, {k}) OVER w" for k in range(1, w + 1))
-        gaps, within = "", ""
-        if cfg.window_seconds is not None:
-            gaps = ", unnest([" + ", ".join(f"lead(t, {k}) OVER w - t" for k in range(1, w + 1)) + "]) AS dt"
-            within = f"AND dt <= {_window_us(cfg.window_seconds)}"
-        return f"""
-            SELECT uid, a, b FROM (
-                SELECT uid, nid AS a, unnest([{leads}]) AS b {gaps}
-                FROM ev WINDOW w AS (PARTITION BY uid ORDER BY t, file_row)
-                QUALIFY is_src)
-            WHERE b IS NOT NULL AND b <> a {within}"""
-    # Otherwise positions pos+1 .. last, equi-joined on (uid, position); last is bounded by the user's
-    # last event, by pos + w and by the last event at most window_seconds later.
-    bounds = ["count(*) OVER (PARTITION BY uid)"]
-    if w is not None:
-        bounds.append(f"pos + {w}")
-    if cfg.window_seconds is not None:
-        bounds.append("max(pos) OVER (PARTITION BY uid ORDER BY t RANGE BETWEEN CURRENT ROW AND "
-                      f"{_window_us(cfg.window_seconds)} FOLLOWING)")
-    return f"""
-        WITH positioned AS MATERIALIZED (
-            SELECT uid, nid, tnid, is_src, t,
-                   row_number() OVER (PARTITION BY uid ORDER BY t, file_row) AS pos
-            FROM ev),
-        probe AS (
-            SELECT uid, nid AS a, unnest(range(pos + 1, last + 1)) AS bpos
-            FROM (SELECT *, least({", ".join(bounds)}) AS last FROM positioned)
-            WHERE is_src AND last > pos)
-        SELECT p.uid, p.a, b.tnid AS b
-        FROM probe p JOIN positioned b ON b.uid = p.uid AND b.pos = p.bpos
-        WHERE b.tnid IS NOT NULL AND b.tnid <> p.a"""
+class _Events:
+    """The source and target events with dense integer ids, in file order.
+
+    ``uid`` numbers users in any order; ``nid`` numbers notes in ``note_ids`` (string) order, so that
+    ties in top-t break by note_id_b; ``rep`` marks events on a note the user has more than one event on
+    (only their pairs can repeat); ``inv_n[uid]`` is ``1 / N_u``.
+    """
+
+    def __init__(self, events: pd.DataFrame | str | Path, cfg: MiningConfig) -> None:
+        table, file = _event_columns(events)
+        action = table.column("action")
+        src = pc.is_in(action, pa.array(cfg.source_actions, pa.string())).to_numpy(zero_copy_only=False)
+        tgt = pc.is_in(action, pa.array(cfg.target_actions, pa.string())).to_numpy(zero_copy_only=False)
+        keep = src | tgt
+        if not keep.all():
+            table = table.filter(pa.array(keep))
+        rows = np.flatnonzero(keep)
+        self.is_src, self.is_tgt = src[keep], tgt[keep]
+        for name in ("user_id", "note_id", "ts"):
+            nulls = table.column(name).is_null().to_numpy(zero_copy_only=False)
+            if nulls.any():
+                raise DataError("missing value", file=file, row=int(rows[np.argmax(nulls)]), column=name)
+        self.uid, users = _codes(table.column("user_id"))
+        codes, notes = _codes(table.column("note_id"))
+        order = pc.sort_indices(notes).to_numpy()
+        rank = np.empty(len(order), dtype=np.int32)
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        self.nid = rank[codes]
+        self.note_ids = notes.take(pa.array(order))
+        self.t = table.column("ts").to_numpy().astype("datetime64[us]").view(np.int64)
+        # One hash of (user, note) gives both the repeated notes and N_u.
+        user_note, pairs = pd.factorize(self.uid.astype(np.int64) * len(order) + self.nid)
+        self.rep = np.bincount(user_note)[user_note] > 1
+        clicked = np.zeros(len(pairs), dtype=bool)
+        clicked[user_note[self.is_tgt]] = True
+        n_u = np.bincount(pairs[clicked] // len(order), minlength=len(users))
+        self.inv_n = 1.0 / np.maximum(n_u, 1)
+
+    @property
+    def note_bits(self) -> int:
+        """Bits of the largest note id: b's share of a packed pair key."""
+        return max(1, (len(self.note_ids) - 1).bit_length())
+
+    def candidates(self, cfg: MiningConfig) -> tuple[pa.Table, pa.Table]:
+        """Every (source event on a, then target event on b in the window, a != b), as two tables of
+        ``key`` (a and b packed into one integer: a in the high bits) and ``inv_n``: those that cannot
+        repeat for their user (neither event on a repeated note), and those that can, with their ``uid``.
+
+        Events are ordered by user, time and file row; for each offset k every event is compared with
+        the event k positions later at once (array slices), and once few source events still reach
+        that far (long time windows), only those are.
+        """
+        order = np.lexsort((self.t, self.uid))  # stable: ties in time stay in file order
+        uid, nid, t = self.uid[order], self.nid[order], self.t[order]
+        is_src, is_tgt, rep = self.is_src[order], self.is_tgt[order], self.rep[order]
+        window_us = None if cfg.window_seconds is None else _window_us(cfg.window_seconds)
+        active = None  # the source events whose window still reaches offset k, once they are few
+        once: list[tuple[np.ndarray, np.ndarray]] = []
+        repeated: list[tuple[np.ndarray, np.ndarray]] = []
+        k = 1
+        while k < len(uid) and (cfg.window_positions is None or k <= cfg.window_positions):
+            if active is None:
+                reach = is_src[:-k] & (uid[:-k] == uid[k:])
+                if window_us is not None:
+                    reach &= t[k:] - t[:-k] <= window_us
+                i = np.flatnonzero(reach)
+                if len(i) < len(uid) // _SPARSE_REACH:
+                    active = i
+            else:
+                active = active[active + k < len(uid)]
+                later = active + k
+                keep = uid[later] == uid[active]
+                if window_us is not None:
+                    keep &= t[later] - t[active] <= window_us
+                i = active = active[keep]
+            if not len(i):
+                break
+            j = i + k
+            hit = is_tgt[j] & (nid[i] != nid[j])
+            i, j = i[hit], j[hit]
+            key = (nid[i].astype(np.int64) << self.note_bits) | nid[j]
+            may_repeat = rep[i] | rep[j]
+            once.append((key[~may_repeat], uid[i[~may_repeat]]))
+            repeated.append((key[may_repeat], uid[i[may_repeat]]))
+            k += 1
+
+        def table(parts: list[tuple[np.ndarray, np.ndarray]], with_uid: bool) -> pa.Table:
+            key = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+            users = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
+            columns = {"key": key, "inv_n": self.inv_n[users]}
+            return pa.table({**columns, "uid": users} if with_uid else columns)
+
+        return table(once, False), table(repeated, True)
 
 
-def _load_events(con: duckdb.DuckDBPyConnection, events: pd.DataFrame | str | Path,
-                 cfg: MiningConfig) -> None:
-    """Create ``notes`` (note_id, nid), ``users`` (user_id, uid) and ``ev`` (uid, nid, t, file_row, is_src,
-    tnid = nid on target events, else NULL) from the source and target events."""
-    actions = sorted(set(cfg.source_actions) | set(cfg.target_actions))
-    con.execute(f"""
-        CREATE TEMP TABLE raw AS
-        SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(note_id AS VARCHAR) AS note_id,
-               epoch_us(ts) AS t, file_row,
-               list_contains({_sql_list(cfg.source_actions)}, action) AS is_src,
-               list_contains({_sql_list(cfg.target_actions)}, action) AS is_tgt
-        FROM {_source_sql(con, events)} WHERE list_contains({_sql_list(actions)}, action)""")
-    _check_no_nulls(con, events)
-    # Integer ids: notes in string order (so that ties in top-t break by note_id_b), users in any order.
-    con.execute("""
-        CREATE TEMP TABLE notes AS
-        SELECT note_id, (row_number() OVER (ORDER BY note_id) - 1)::INTEGER AS nid
-        FROM (SELECT DISTINCT note_id FROM raw)""")
-    con.execute("""
-        CREATE TEMP TABLE users AS
-        SELECT user_id, (row_number() OVER () - 1)::INTEGER AS uid FROM (SELECT DISTINCT user_id FROM raw)""")
-    con.execute("""
-        CREATE TEMP TABLE ev AS
-        SELECT u.uid, n.nid, r.t, r.file_row, r.is_src, CASE WHEN r.is_tgt THEN n.nid END AS tnid
-        FROM raw r JOIN users u USING (user_id) JOIN notes n USING (note_id)""")
-    con.execute("DROP TABLE raw")
-
-
-def _id_bits(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    """Bits needed for the dense integer ids of a dictionary table."""
-    (count,) = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0]
-    return max(1, (count - 1).bit_length())
-
-
-def _top_pairs(con: duckdb.DuckDBPyConnection, cfg: MiningConfig) -> pd.DataFrame:
-    """Score every candidate pair, apply the thresholds and the over-popular filter, keep the top t per A."""
-    note_bits, user_bits = _id_bits(con, "notes"), _id_bits(con, "users")
-    con.execute("""
-        CREATE TEMP TABLE nu AS
-        SELECT uid, 1.0::DOUBLE / count(DISTINCT tnid) AS inv_n
-        FROM ev WHERE tnid IS NOT NULL GROUP BY uid""")
+def _top_pairs(con: duckdb.DuckDBPyConnection, ev: _Events, cfg: MiningConfig) -> tuple[np.ndarray, ...]:
+    """Score every candidate pair, apply the thresholds and the over-popular filter, keep the top t per A;
+    return (a, b, score) arrays sorted by a, score descending, b."""
+    note_bits = ev.note_bits
+    mask = (1 << note_bits) - 1
     popular = ""
     if cfg.max_note_clicks_quantile is not None:
-        con.execute("""
-            CREATE TEMP TABLE popular AS
-            WITH clicks AS (SELECT tnid AS nid, count(*) AS n FROM ev WHERE tnid IS NOT NULL GROUP BY tnid)
-            SELECT nid FROM clicks WHERE n > (SELECT quantile_cont(n, ?) FROM clicks)""",
-                    [cfg.max_note_clicks_quantile])
-        popular = "AND a NOT IN (SELECT nid FROM popular) AND b NOT IN (SELECT nid FROM popular)"
-    # (user, a, b) and (a, b) packed into single integers: one-column hash tables are the cheapest.
-    key = "BIGINT" if user_bits + 2 * note_bits <= 63 else "HUGEINT"
-    mask = (1 << note_bits) - 1
+        clicks = np.bincount(ev.nid[ev.is_tgt], minlength=len(ev.note_ids))
+        cut = np.quantile(clicks[clicks > 0], cfg.max_note_clicks_quantile) if clicks.any() else 0
+        con.register("popular", pa.table({"nid": np.flatnonzero(clicks > cut)}))
+        popular = (f"AND key >> {note_bits} NOT IN (SELECT nid FROM popular) "
+                   f"AND key & {mask} NOT IN (SELECT nid FROM popular)")
+    # Pairs that cannot repeat for their user are summed directly; the others are first reduced to
+    # one per (user, pair).
+    once, repeated = ev.candidates(cfg)
+    con.register("once", once)
+    con.register("repeated", repeated)
     # The top-t aggregate's key orders by score descending, then note_id_b ascending.
     score_bits = (math.floor(cfg.u_max * 10 ** SCORE_DECIMALS) + 1).bit_length()
     rank = "BIGINT" if score_bits + note_bits <= 63 else "HUGEINT"
-    return con.execute(f"""
+    result = con.execute(f"""
         WITH cand AS (
-            SELECT DISTINCT (uid::{key} << {2 * note_bits}) | (a::{key} << {note_bits}) | b AS key
-            FROM ({_candidates_sql(cfg)})),
+            SELECT key, inv_n FROM once
+            UNION ALL
+            SELECT key, any_value(inv_n) FROM repeated GROUP BY uid, key),
         scored AS (
-            SELECT ((key >> {note_bits}) & {mask})::INTEGER AS a, (key & {mask})::INTEGER AS b,
-                   floor(sum(inv_n) * {_SCALE} + 0.5)::BIGINT AS score_int
-            FROM cand JOIN nu ON nu.uid = (key >> {2 * note_bits})::INTEGER
-            GROUP BY a, b),
+            SELECT key, floor(sum(inv_n) * {_SCALE} + 0.5)::BIGINT AS score_int FROM cand GROUP BY key),
         kept AS (
-            SELECT a, unnest(max((score_int::{rank} << {note_bits}) | ({mask} - b), {cfg.top_t})) AS rank_key
+            SELECT key >> {note_bits} AS a,
+                   unnest(max((score_int::{rank} << {note_bits}) | ({mask} - (key & {mask})), {cfg.top_t}))
+                       AS rank_key
             FROM scored
             WHERE score_int / {_SCALE} >= $l_min AND score_int / {_SCALE} <= $u_max {popular}
-            GROUP BY a),
-        decoded AS (SELECT a, {mask} - (rank_key & {mask})::INTEGER AS b,
-                           (rank_key >> {note_bits})::BIGINT / {_SCALE} AS score FROM kept)
-        SELECT na.note_id AS note_id_a, nb.note_id AS note_id_b, score
-        FROM decoded JOIN notes na ON na.nid = decoded.a JOIN notes nb ON nb.nid = decoded.b
-        ORDER BY a, score DESC, b""", {"l_min": cfg.l_min, "u_max": cfg.u_max}).df()
+            GROUP BY a)
+        SELECT a::INTEGER AS a, ({mask} - (rank_key & {mask}))::INTEGER AS b,
+               (rank_key >> {note_bits})::BIGINT / {_SCALE} AS score
+        FROM kept ORDER BY a, score DESC, b""", {"l_min": cfg.l_min, "u_max": cfg.u_max}).fetchnumpy()
+    return result["a"], result["b"], result["score"]
 
 
 def mine_pairs(events: pd.DataFrame | str | Path, cfg: MiningConfig, *,
                memory_limit: str = DUCKDB_MEMORY_LIMIT) -> pd.DataFrame:
     """Score co-occurring note pairs; return note_id_a, note_id_b, score (sorted by A, score desc, B).
 
-    ``events`` is an events frame or the path of an events parquet file (streamed by DuckDB).
+    ``events`` is an events frame or the path of an events parquet file.
     ``memory_limit`` caps DuckDB's memory (for example "4GB"); beyond it DuckDB spills to a temporary
     directory, which is removed afterwards.
     """
+    ev = _Events(events, cfg)
     with tempfile.TemporaryDirectory(prefix="notellm-mining-") as temp_dir:
         con = duckdb.connect(config={"preserve_insertion_order": False, "temp_directory": temp_dir,
                                      "memory_limit": memory_limit})
         try:
-            _load_events(con, events, cfg)
-            pairs = _top_pairs(con, cfg)
+            a, b, score = _top_pairs(con, ev, cfg)
         finally:
             con.close()
-    pairs["score"] = pairs["score"].astype("float64")
-    return pairs[PAIR_COLUMNS].reset_index(drop=True)
+    notes = ev.note_ids
+    return pd.DataFrame({"note_id_a": notes.take(pa.array(a)).to_numpy(zero_copy_only=False).astype(object),
+                         "note_id_b": notes.take(pa.array(b)).to_numpy(zero_copy_only=False).astype(object),
+                         "score": np.asarray(score, dtype=np.float64)})
 
 
 def split_pairs(pairs: pd.DataFrame, cfg: MiningConfig) -> pd.DataFrame:

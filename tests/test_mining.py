@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 from notellm.config import MiningConfig
 from notellm.contracts import read_table, write_table
 from notellm.errors import DataError
-from notellm.mining import MAX_LEAD_WINDOW, SCORE_DECIMALS, mine_pairs, pair_stats, run_mining, split_pairs
+from notellm.mining import SCORE_DECIMALS, mine_pairs, pair_stats, run_mining, split_pairs
 
 T0 = pd.Timestamp("2024-01-01")
 OPEN = {"l_min": 0.0, "u_max": 1000.0, "top_t": 1000}  # no threshold, no top-t cut
@@ -167,6 +169,22 @@ def test_parquet_path_gives_the_same_pairs(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(mine_pairs(tmp_path / "converted.parquet", cfg), expected)
 
 
+def test_missing_value_in_a_mined_event_names_its_row(tmp_path: Path) -> None:
+    events = _threshold_log()
+    path = tmp_path / "events.parquet"
+    table = pa.Table.from_pandas(events, preserve_index=False)
+    notes = table.column("note_id").to_pylist()
+    notes[3] = None
+    pq.write_table(table.set_column(1, "note_id", pa.array(notes, pa.string())), path)
+    with pytest.raises(DataError) as err:
+        mine_pairs(path, MiningConfig(window_positions=3))
+    assert (err.value.row, err.value.column, err.value.file) == (3, "note_id", str(path))
+    # an event whose action is neither a source nor a target is not read
+    pq.write_table(table.set_column(3, "action", pa.array(["like" if i == 3 else a for i, a in enumerate(
+        events["action"])])).set_column(1, "note_id", pa.array(notes, pa.string())), path)
+    assert len(mine_pairs(path, MiningConfig(window_positions=3, l_min=0.0))) > 0
+
+
 # ---------------------------------------------------------------- random logs against the formula
 
 
@@ -277,9 +295,9 @@ def assert_no_leakage(split: pd.DataFrame) -> None:
 
 
 @pytest.mark.parametrize("window", [
-    {"window_positions": MAX_LEAD_WINDOW + 8},                         # positions joined, not lead()
-    {"window_positions": MAX_LEAD_WINDOW + 8, "window_seconds": 30.0},
-    {"window_positions": MAX_LEAD_WINDOW, "window_seconds": 30.0},      # the longest lead() window
+    {"window_positions": 40},
+    {"window_positions": 40, "window_seconds": 30.0},
+    {"window_positions": 8, "window_seconds": 30.0},
     {"window_positions": None, "window_seconds": 400.0},
 ])
 def test_long_windows_match_the_formula(window: dict) -> None:
