@@ -184,6 +184,59 @@ def submit(host: Annotated[str, typer.Option(help="Kubeflow Pipelines API endpoi
 
 
 @app.command()
+def serve(model: Annotated[Path | None, typer.Option(help="Model directory (default: the deployed one).")] = None,
+          workspace: Path = WORKSPACE, port: int | None = None,
+          grpc_port: Annotated[int | None, typer.Option(help="Also serve gRPC (v2) on this port.")] = None,
+          config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Serve the embedder (predictor) and recommender (transformer) with KServe on loopback."""
+    from notellm.deploy import read_record
+    from serving.local import serve as serve_models
+
+    cfg = _config(config, set_)
+    if not any(o.startswith("index.uri=") for o in set_ or []) and config is None:
+        cfg.index.uri = str(workspace / "milvus.db")  # the database `notellm run` indexed into
+    try:
+        if model is None:
+            record = read_record(workspace / "serving")
+            if record is None:
+                raise NoteLLMError(f"nothing deployed under {workspace / 'serving'}: run `notellm run` or pass --model")
+            model = Path(record["model_dir"])
+        serve_models(cfg, model, workspace / "feature_repo", http_port=port, grpc_port=grpc_port)
+    except NoteLLMError as exc:
+        _fail(exc)
+
+
+@app.command()
+def recommend(note_id: Annotated[str | None, typer.Argument(help="A note already in the index.")] = None,
+              text: Annotated[str | None, typer.Option(help="A new note's text (cold start).")] = None,
+              new_id: Annotated[str | None, typer.Option(help="With --text and --upsert: the new note's id.")] = None,
+              upsert: Annotated[bool, typer.Option(help="Make the new note recommendable at once.")] = False,
+              k: Annotated[int, typer.Option("--k", "-k", help="How many related notes.")] = 10,
+              url: str = "http://127.0.0.1:8080") -> None:
+    """Ask a running `notellm serve` for the notes related to NOTE_ID, or to a new note given as text."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from notellm.recommend import RecommendClient
+
+    if (note_id is None) == (text is None):
+        _fail(NoteLLMError("give a NOTE_ID or --text, not both"))
+    try:
+        with RecommendClient(url) as client:
+            if note_id is not None:
+                hits = client.related(note_id, k)
+            else:
+                note = {"content": text, **({"note_id": new_id} if new_id else {})}
+                hits = client.for_text(note, k, upsert=upsert)["related"]
+    except NoteLLMError as exc:
+        _fail(exc)
+    table = Table("note_id", "score", "category", "title")
+    for hit in hits:
+        table.add_row(hit["note_id"], f"{hit['score']:.3f}", hit["category"], str((hit.get("features") or {}).get("title", "")))
+    Console().print(table)
+
+
+@app.command()
 def run(workspace: Path = WORKSPACE,
         full: Annotated[bool, typer.Option(help="The full training budget instead of the quick one.")] = False,
         param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter name=value.")] = None,
