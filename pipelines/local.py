@@ -6,7 +6,14 @@ record (the gate compares against the last deployed model) and the Milvus databa
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +60,52 @@ QUICK = {"max_steps": 60}
 FULL = {"max_steps": 0}  # one full epoch over the train pairs
 
 
-def _related_examples(cfg_yaml: str, run_dir: Path, count: int = 3, k: int = 5) -> list[tuple[str, list[str]]]:
-    """``count`` notes of the test split with the titles of their top-``k`` related notes from Milvus."""
+@contextlib.contextmanager
+def local_server(workspace: Path, timeout_s: float = 180.0) -> Iterator[str]:
+    """``notellm serve`` (KServe embedder + recommender on loopback) in a subprocess; yields its URL."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-c", "from notellm.cli import app; app()", "serve",
+                                "--workspace", str(workspace), "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"notellm serve exited: {process.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"notellm serve was not ready within {timeout_s:.0f} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _related_examples(workspace: Path, run_dir: Path, count: int = 3, k: int = 5) -> list[tuple[str, list[str]]]:
+    """``count`` test notes with the titles of their top-``k`` related notes, asked of the local KServe server."""
     import pandas as pd
 
-    from notellm.kfp_io import config_from_yaml
-    from notellm.vectorstore import NoteIndex
+    from notellm.recommend import RecommendClient
 
-    cfg = config_from_yaml(cfg_yaml)
     notes = pd.read_parquet(run_dir / "note-features" / "notes" / "notes.parquet").set_index("note_id")
     pairs = pd.read_parquet(run_dir / "mine-pairs" / "pairs" / "pairs.parquet")
     queries = pairs.loc[pairs["split"] == "test", "note_id_a"].drop_duplicates().head(count).tolist()
-    with NoteIndex(cfg.index) as store:
-        hits = store.related(queries, k)
-    return [(notes.at[q, "title"], [f"{notes.at[h.note_id, 'title']} ({h.score:.2f})" for h in row])
+    with local_server(workspace) as url, RecommendClient(url) as client:
+        hits = [client.related(q, k) for q in queries]
+    return [(notes.at[q, "title"], [f"{notes.at[h['note_id'], 'title']} ({h['score']:.2f})" for h in row])
             for q, row in zip(queries, hits)]
 
 
@@ -74,7 +113,6 @@ def summarize(workspace: Path, run_dir: Path) -> str:
     """A Markdown summary of a local run: results, drift, gate, where the model and collection live."""
     from notellm.deploy import read_record
 
-    cfg_yaml = task_outputs(run_dir, "make-config")["Output"]
     drift = task_outputs(run_dir, "check-drift")
     lines = [f"# NoteLLM local run `{run_dir.name}`", "", "## Evaluation (test pairs, whole catalogue)", "",
              (run_dir / "evaluate" / "table").read_text().strip(), "",
@@ -89,8 +127,9 @@ def summarize(workspace: Path, run_dir: Path) -> str:
         meta = json.loads((run_dir / "index" / "executor_output.json").read_text())
         info = meta["artifacts"]["stats"]["artifacts"][0]["metadata"]
         lines += [f"- Milvus collection `{info['collection']}` behind alias `{info['alias']}` "
-                  f"({info['rows']} notes) in {info['uri']}", "", "## Related notes (top 5)", ""]
-        for title, related in _related_examples(cfg_yaml, run_dir):
+                  f"({info['rows']} notes) in {info['uri']}", "",
+                  "## Related notes (top 5, from the local KServe recommender)", ""]
+        for title, related in _related_examples(workspace, run_dir):
             lines += [f"- **{title}**: " + "; ".join(related)]
     elif record is None:
         lines += ["- nothing deployed yet: the gate stopped the first run"]
