@@ -160,6 +160,26 @@ def generate(model: Path = WORKSPACE / "model", notes: Path = WORKSPACE / "data"
 
 
 @app.command()
+def results(workspace: Path = WORKSPACE / "results", out: Path = Path("docs/results.md"),
+            methods: Annotated[list[str] | None, typer.Option("--method", "-m",
+                               help="Rows to run (default: the core rows; 'all': every row).")] = None,
+            force: Annotated[bool, typer.Option(help="Re-run rows already cached.")] = False,
+            config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Reproduce the paper's results table on MovieLens-100k (resumable; rows cached in the workspace)."""
+    import shlex
+    import sys
+
+    from notellm.results import results_config, run_results
+
+    try:
+        run_results(results_config(config, set_ or []), workspace, methods, out, force=force,
+                    command="notellm " + shlex.join(sys.argv[1:]))
+    except NoteLLMError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
 def compile(out: Path = Path("pipelines/notellm_pipeline.yaml"),
             gpu: Annotated[bool, typer.Option(help="Ask for a GPU in finetune and embed.")] = False) -> None:
     """Write the pipeline YAML that you upload in the Kubeflow UI."""

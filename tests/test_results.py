@@ -1,0 +1,163 @@
+"""The results table: every method a setting of one trainer and evaluation, cached and resumable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from notellm.config import Config
+from notellm.errors import ConfigError
+from notellm.results import (ALL_METHODS, CORE_METHODS, METHODS, RECIPE, compare, resolve_methods,
+                             results_config, run_results, tune_on_val, with_overrides)
+
+SMALL = ["data.dataset=synthetic", "data.synthetic.users=120", "data.synthetic.notes=150",
+         "data.synthetic.events=3000", "model.backbone=tiny-random", "model.dim=16", "model.lora_r=4",
+         "training.max_steps=2", "training.batch_pairs=4", "training.threads=1", "prompt.content_max=12",
+         "evaluation.generation_notes=3"]
+TWO = ["zero-shot", "notellm"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_methods_are_settings_of_one_trainer():
+    base = Config()
+    for name, method in METHODS.items():
+        with_overrides(base, method.overrides)  # every override is a valid config setting
+        assert set(method.overrides) <= {"prompt.kind", "training.alpha", "model.dim"}, name
+    llm_trained = {n: m.overrides for n, m in METHODS.items() if m.encoder == "llm" and m.trained}
+    assert llm_trained == {"prompteol-cse": {"prompt.kind": "prompteol", "training.alpha": 0.0},
+                           "repllama": {"prompt.kind": "repllama", "training.alpha": 0.0},
+                           "notellm-wo-csft": {"prompt.kind": "notellm", "training.alpha": 0.0},
+                           "notellm": {"prompt.kind": "notellm"}}
+
+
+def test_resolve_methods():
+    assert resolve_methods(None) == CORE_METHODS and resolve_methods(["all"]) == ALL_METHODS
+    assert set(CORE_METHODS) < set(ALL_METHODS)
+    assert resolve_methods(["notellm", "minilm"]) == ["minilm", "notellm"]  # table order
+    with pytest.raises(ConfigError, match="'nope'"):
+        resolve_methods(["notellm", "nope"])
+
+
+def test_results_config_layers_recipe_file_and_overrides(tmp_path):
+    cfg = results_config()
+    assert cfg.training.max_steps == RECIPE["training.max_steps"] and cfg.training.bf16 == "on"
+    assert results_config(overrides=["training.max_steps=7"]).training.max_steps == 7
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  max_steps: 5\n  lr: 0.001\n")
+    from_file = results_config(path)
+    assert from_file.training.max_steps == 5 and from_file.training.lr == 0.001
+    assert from_file.training.batch_pairs == RECIPE["training.batch_pairs"]
+    assert results_config(path, ["training.max_steps=9"]).training.max_steps == 9
+    with pytest.raises(ConfigError, match="unknown setting 'nope'"):
+        with_overrides(cfg, {"training.nope": 1})
+
+
+def test_compare_uses_the_paired_standard_error():
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 300, size=2000)
+    same = compare(a, a, 100)
+    assert same["diff"] == 0 and same["se"] == 0 and same["verdict"] == "tie"
+    b = np.where(rng.random(2000) < 0.03, 500, a)  # B loses 3% of A's hits
+    result = compare(a, b, 100)
+    d = (a <= 100).astype(float) - (b <= 100)
+    assert result["diff"] == pytest.approx(d.mean())
+    assert result["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(2000))
+    assert result["verdict"] == "ahead" and compare(b, a, 100)["verdict"] == "behind"
+    noisy = np.where(rng.random(2000) < 0.5, rng.integers(1, 300, size=2000), a)
+    close = compare(a, noisy, 100)
+    assert (close["verdict"] == "tie") == (abs(close["diff"]) <= 2 * close["se"])
+    with pytest.raises(ValueError, match="same pairs"):
+        compare(a, a[:10], 100)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("results")
+    cfg = results_config(overrides=SMALL)
+    summary = run_results(cfg, ws, TWO, ws / "docs" / "results.md", progress=False)
+    return ws, cfg, summary
+
+
+def _result(ws, name):
+    return json.loads((ws / "methods" / name / "result.json").read_text())
+
+
+@pytest.mark.slow
+def test_table_end_to_end(table):
+    ws, _, summary = table
+    assert summary["ran"] == TWO and summary["cached"] == []
+    pairs = pd.read_parquet(ws / "mining" / "pairs.parquet")
+    n_test = int((pairs["split"] == "test").sum())
+    metrics = summary["metrics"]
+    for slug in ("zero_shot", "notellm"):
+        assert metrics[f"{slug}_pairs"] == n_test
+        r = [metrics[f"{slug}_recall_at_{k}"] for k in (10, 100, 1000)]
+        assert 0 <= r[0] <= r[1] <= r[2] == 1.0  # 150 notes: every target is in the top 1000
+        assert 0 <= metrics[f"{slug}_val_recall_at_100"] <= 1
+    generation = {"notellm_category_accuracy", "notellm_illegal_rate", "notellm_bleu4", "notellm_rougeL"}
+    assert generation <= set(metrics)
+    assert "zero_shot_bleu4" not in metrics
+    trained = _result(ws, "notellm")
+    assert trained["train"]["steps"] == 2 and [r["step"] for r in trained["curve"]] == [1, 2]
+    assert len(trained["retrieval"]["test"]["ranks"]) == n_test and trained["retrieval"]["val"]["ranks"]
+    assert trained["dim"] == 16 and _result(ws, "zero-shot")["dim"] == 64  # untrained: raw hidden state
+    verdict = summary["verdicts"]["zero-shot"]
+    assert verdict["verdict"] == ("tie" if abs(verdict["diff"]) <= 2 * verdict["se"]
+                                  else "ahead" if verdict["diff"] > 0 else "behind")
+    md = (ws / "docs" / "results.md").read_text()
+    assert "Status: **complete**" in md and "not yet run" not in md
+    assert "| NoteLLM |" in md and "Zero-shot LLM" in md and "python -m notellm.results" in md
+    assert f"{100 * metrics['notellm_recall_at_100']:.2f} ±" in md
+    for png in ("results_recall_at_k.png", "results_loss_curves.png"):
+        assert (ws / "docs" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png in md
+
+
+@pytest.mark.slow
+def test_table_resumes_and_reruns_only_what_changed(table):
+    ws, cfg, first = table
+    stamp = (ws / "methods" / "notellm" / "result.json").stat().st_mtime_ns
+    again = run_results(cfg, ws, TWO, ws / "docs" / "results.md", progress=False)
+    assert again["ran"] == [] and again["cached"] == TWO and again["metrics"] == first["metrics"]
+    assert (ws / "methods" / "notellm" / "result.json").stat().st_mtime_ns == stamp
+
+    # Interrupted after training: the model directory is reused, nothing is retrained.
+    model_stamp = (ws / "methods" / "notellm" / "model" / "notellm.json").stat().st_mtime_ns
+    (ws / "methods" / "notellm" / "result.json").unlink()
+    resumed = run_results(cfg, ws, TWO, ws / "docs" / "results.md", progress=False)
+    assert resumed["ran"] == ["notellm"]
+    assert (ws / "methods" / "notellm" / "model" / "notellm.json").stat().st_mtime_ns == model_stamp
+    assert resumed["metrics"]["notellm_recall_at_100"] == first["metrics"]["notellm_recall_at_100"]
+
+    # A training setting only reruns the trained method; force reruns what is asked for.
+    longer = with_overrides(cfg, {"training.max_steps": 3})
+    changed = run_results(longer, ws, TWO, ws / "docs" / "results.md", progress=False)
+    assert changed["ran"] == ["notellm"] and changed["cached"] == ["zero-shot"]
+    assert _result(ws, "notellm")["train"]["steps"] == 3
+    forced = run_results(longer, ws, ["zero-shot"], ws / "docs" / "results.md", force=True, progress=False)
+    assert forced["ran"] == ["zero-shot"]
+
+
+@pytest.mark.slow
+def test_tune_on_val_never_ranks_the_test_pairs(table):
+    ws, cfg, _ = table
+    cfg = with_overrides(cfg, {"training.max_steps": 1})
+    summary = tune_on_val(cfg, ws, {"training.projection_lr": [1e-3, 1e-2]}, progress=False)
+    trials = summary["trials"]
+    assert sorted(t["overrides"]["training.projection_lr"] for t in trials) == [1e-3, 1e-2]
+    assert trials[0]["val_recall_at_100"] >= trials[1]["val_recall_at_100"]
+    assert summary["best"] == trials[0]["overrides"]
+    for trial in trials:
+        result = json.loads((ws / "tuning" / "notellm" / trial["dir"] / "result.json").read_text())
+        assert list(result["retrieval"]) == ["val"] and "category" not in result
+    assert json.loads((ws / "tuning" / "notellm" / "tuning.json").read_text())["best"] == summary["best"]
