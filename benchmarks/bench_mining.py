@@ -146,23 +146,6 @@ under `--work-dir`).
 """
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the Pair mining section of docs/benchmarks.md, keeping the other sections."""
-    from notellm.io import atomic_path
-
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    lines = current.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        updated = current.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        updated = "".join(lines[:start]) + text + ("\n" + tail if tail else "")
-    with atomic_path(DOCS) as tmp:
-        tmp.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
@@ -179,6 +162,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT))
+    from benchmarks.docs_section import write_section
     rows = []
     for events in args.sizes:
         path = dataset(args.work_dir, events, args.events_per_note)
@@ -198,7 +182,7 @@ def main() -> None:
     table = markdown(rows)
     print(table)
     if not args.no_docs:
-        write_section(section(table, rows, args.sizes, args.events_per_note))
+        write_section(SECTION, section(table, rows, args.sizes, args.events_per_note))
         print(f"wrote {DOCS.relative_to(ROOT)}", file=sys.stderr)
 
 

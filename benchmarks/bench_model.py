@@ -270,23 +270,6 @@ Reproduce: `{COMMAND} --threads {args.threads} --steps {args.steps} --batch-pair
 """
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the Model section of docs/benchmarks.md, keeping the other sections."""
-    from notellm.io import atomic_path
-
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    lines = current.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        updated = current.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        updated = "".join(lines[:start]) + text + ("\n" + tail if tail else "")
-    with atomic_path(DOCS) as tmp:
-        tmp.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="smollm2-135m")
@@ -303,13 +286,14 @@ def main() -> None:
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
     sys.path.insert(0, str(ROOT))
+    from benchmarks.docs_section import write_section
     torch.set_num_threads(args.threads)
     before = os.getloadavg()[0]
     rows = measure(args)
     table = markdown(rows)
     print(table)
     if not args.no_docs:
-        write_section(section(table, rows, args, (before, os.getloadavg()[0])))
+        write_section(SECTION, section(table, rows, args, (before, os.getloadavg()[0])))
         print(f"wrote {DOCS.relative_to(ROOT)}", file=sys.stderr)
 
 
