@@ -41,3 +41,14 @@ def events_df() -> pd.DataFrame:
 def pairs_df() -> pd.DataFrame:
     return pd.DataFrame({"note_id_a": ["n1", "n2"], "note_id_b": ["n3", "n1"], "score": [0.5, 0.25],
                          "split": ["train", "test"]})
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a small shared machine spinning threads slow tiny batches 5-10x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

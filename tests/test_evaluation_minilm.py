@@ -30,15 +30,7 @@ def test_pair_batches_have_no_repeated_note():
     assert len(batches) >= 2 and len(used) >= 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a small shared machine torch's spinning threads slow a tiny batch 5-10x; one thread is steady."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,7 @@ from notellm.model.runtime import make_batch
 from notellm.model_config import EMB_TOKEN, ModelConfig, PromptConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: more threads only add contention
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

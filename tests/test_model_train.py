@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from notellm.contracts import EMBEDDINGS, read_table
 from notellm.errors import ConfigError, DataError
@@ -22,12 +21,7 @@ from notellm.model_config import ModelConfig, PromptConfig, TrainingConfig
 GENRES = ["Drama", "Comedy", "Action", "Horror"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: more threads only add contention
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from notellm.config import Config
 from notellm.errors import ConfigError
@@ -21,12 +20,7 @@ SMALL = ["data.dataset=synthetic", "data.synthetic.users=120", "data.synthetic.n
 TWO = ["zero-shot", "notellm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_methods_are_settings_of_one_trainer():
