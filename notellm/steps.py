@@ -15,6 +15,7 @@ import pandas as pd
 
 from notellm.config import Config
 from notellm.contracts import EMBEDDINGS, EVENTS, NOTES, read_table, write_table
+from notellm.io import atomic_path
 
 NOTES_FILE, EVENTS_FILE, PAIRS_FILE = "notes.parquet", "events.parquet", "pairs.parquet"
 EMBEDDINGS_FILE = "embeddings.parquet"
@@ -50,8 +51,8 @@ def publish_features(data_dir: Path, repo_dir: Path, out_dir: Path) -> dict[str,
     served["event_timestamp"] = notes["event_timestamp"].to_numpy()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_table(served, out_dir / NOTES_FILE, NOTES)
-    shutil.copyfile(data_dir / EVENTS_FILE, out_dir / f".{EVENTS_FILE}.tmp")
-    (out_dir / f".{EVENTS_FILE}.tmp").replace(out_dir / EVENTS_FILE)
+    with atomic_path(out_dir / EVENTS_FILE) as tmp:
+        shutil.copyfile(data_dir / EVENTS_FILE, tmp)
     return {"notes": len(served), "events": len(events), "feature_rows": len(rows),
             "snapshot": str(snapshot), "feature_repo": str(repo.path)}
 
