@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -57,3 +58,55 @@ def test_error_reaches_callers_of_that_batch_and_batcher_keeps_working() -> None
         return await batcher.submit([2, 3])
 
     assert asyncio.run(main()) == [2, 3]
+
+
+def test_a_lone_call_runs_at_once_without_waiting_max_wait() -> None:
+    sizes: list[int] = []
+
+    def ident(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        return items
+
+    async def main() -> list[float]:
+        batcher = MicroBatcher(ident, max_batch_size=32, max_wait_s=30.0)
+        times = []
+        for i in range(3):  # one caller after another: the batcher is idle at every call
+            start = time.perf_counter()
+            assert await batcher.submit([i]) == [i]
+            times.append(time.perf_counter() - start)
+        return times
+
+    times = asyncio.run(main())
+    assert sizes == [1, 1, 1]
+    assert max(times) < 5.0  # far below max_wait_s (the old batcher waited it out on every call)
+
+
+def test_callers_arriving_during_a_batch_are_gathered_into_the_next() -> None:
+    calls: list[list[int]] = []
+    started, release = threading.Event(), threading.Event()
+
+    def blocking(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        if len(calls) == 1:  # the first batch runs until the test releases it
+            started.set()
+            release.wait(30)
+        return [-x for x in items]
+
+    async def main() -> tuple[list[list[int]], float]:
+        batcher = MicroBatcher(blocking, max_batch_size=4, max_wait_s=30.0)
+        first = asyncio.ensure_future(batcher.submit([0]))
+        await asyncio.to_thread(started.wait, 30)
+        during = [asyncio.ensure_future(batcher.submit([i])) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        release.set()
+        assert await first == [0]
+        await asyncio.sleep(0.05)  # the first batch is over; its successor still gathers (max_wait_s)
+        start = time.perf_counter()
+        late = [asyncio.ensure_future(batcher.submit([i])) for i in (3, 4)]
+        results = await asyncio.gather(*during, *late)
+        return results, time.perf_counter() - start
+
+    results, seconds = asyncio.run(main())
+    assert calls == [[0], [1, 2, 3, 4]]
+    assert results == [[-1], [-2], [-3], [-4]]
+    assert seconds < 5.0  # a full batch runs without waiting out max_wait_s
