@@ -22,7 +22,10 @@ WORKSPACE = Path("workspace")
 def _config(config: Path | None, overrides: list[str] | None, extra: list[str] | None = None) -> Any:
     from notellm.config import load_config
 
-    return load_config(config, [*(extra or []), *(overrides or [])])
+    try:
+        return load_config(config, [*(extra or []), *(overrides or [])])
+    except NoteLLMError as exc:
+        _fail(exc)
 
 
 def _fail(exc: Exception) -> None:
@@ -207,6 +210,8 @@ def submit(host: Annotated[str, typer.Option(help="Kubeflow Pipelines API endpoi
 def serve(model: Annotated[Path | None, typer.Option(help="Model directory (default: the deployed one).")] = None,
           workspace: Path = WORKSPACE, port: int | None = None,
           grpc_port: Annotated[int | None, typer.Option(help="Also serve gRPC (v2) on this port.")] = None,
+          allow_remote: Annotated[bool, typer.Option(
+              help="Allow a non-loopback serving.host (no authentication: anyone can call it).")] = False,
           config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Serve the embedder (predictor) and recommender (transformer) with KServe on loopback."""
     from notellm.deploy import read_record
@@ -221,7 +226,8 @@ def serve(model: Annotated[Path | None, typer.Option(help="Model directory (defa
             if record is None:
                 raise NoteLLMError(f"nothing deployed under {workspace / 'serving'}: run `notellm run` or pass --model")
             model = Path(record["model_dir"])
-        serve_models(cfg, model, workspace / "feature_repo", http_port=port, grpc_port=grpc_port)
+        serve_models(cfg, model, workspace / "feature_repo", http_port=port, grpc_port=grpc_port,
+                     allow_remote=allow_remote)
     except NoteLLMError as exc:
         _fail(exc)
 

@@ -12,13 +12,14 @@ a backend down 503, anything else 500 "internal error" (logged with its tracebac
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from notellm.config import Config
-from notellm.errors import NoteLLMError
+from notellm.errors import ConfigError, NoteLLMError
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +178,30 @@ def build_models(cfg: Config, model_dir: str | Path, feature_repo: str | Path | 
     return [embedder, recommender]
 
 
+def check_bind(host: str, allow_remote: bool) -> None:
+    """Refuse a non-loopback ``host`` unless ``allow_remote``: the local server has no authentication."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost
+        loopback = False
+    if not loopback and not allow_remote:
+        raise ConfigError(f"serving.host {host!r} is not a loopback address and the local server has no "
+                          "authentication: pass --allow-remote to expose it on the network anyway")
+    if not loopback:
+        log.warning("serving on %s: reachable from the network, without authentication", host)
+
+
 def serve(cfg: Config, model_dir: str | Path, feature_repo: str | Path | None, http_port: int | None = None,
-          grpc_port: int | None = None) -> None:
+          grpc_port: int | None = None, allow_remote: bool = False) -> None:
     """Serve both models on ``cfg.serving.host`` (loopback by default) until interrupted.
+
+    Any other host is refused unless ``allow_remote`` (see :func:`check_bind`).
 
     REST on ``http_port`` (default ``cfg.serving.http_port``), gRPC on ``grpc_port`` (None: no gRPC).
     Milvus comes from ``cfg.index`` (a ``*.db`` path opens it in this process only: use a ``milvus-lite
     server`` URI to index while serving); ``feature_repo`` is a Feast repository directory (None: no
     features in the answers, and only indexed notes can be looked up by id).
     """
+    check_bind(cfg.serving.host, allow_remote)
     models = build_models(cfg, model_dir, feature_repo)
     run_server(models, host=cfg.serving.host, http_port=http_port or cfg.serving.http_port, grpc_port=grpc_port)

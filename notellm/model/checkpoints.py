@@ -7,8 +7,11 @@ containers (no arbitrary objects), and it lives in the checkpoint directory, nev
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,11 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(directory: Path, *, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, curve: list[dict[str, Any]], fingerprint: str, keep: int) -> Path:
-    """Write ``directory/step-NNNNNNN`` atomically and keep only the newest ``keep`` checkpoints."""
+    """Write ``directory/step-NNNNNNN`` atomically and keep only the newest ``keep`` checkpoints.
+
+    Older checkpoints are renamed out of sight before they are deleted, so a reader (or a resume after a
+    kill) never finds a half-deleted ``step-*``; leftovers of writes cut short by a kill go too.
+    """
     target = directory / f"step-{step:07d}"
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -46,7 +53,10 @@ def save_checkpoint(directory: Path, *, step: int, module: torch.nn.Module, opti
         (tmp / "progress.json").write_text(json.dumps(
             {"step": step, "fingerprint": fingerprint, "curve": curve}, indent=1))
     for old in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        doomed = Path(tempfile.mkdtemp(prefix=f".{old.name}.", suffix=".old", dir=directory))
+        os.replace(old, doomed)
+    for stale in directory.glob(".step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     return target
 
 
@@ -76,10 +86,14 @@ def load_checkpoint(path: Path, *, module: torch.nn.Module, optimizer: torch.opt
         differ = len(set(weights) ^ wanted)
         raise DataError(f"checkpoint weights do not match the model ({differ} names differ)",
                         file=path / "trainable.safetensors")
+    try:
+        state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        raise DataError("refusing to unpickle the checkpoint state: it holds objects other than tensors and "
+                        "plain containers", file=path / "state.pt") from exc
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
