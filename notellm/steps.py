@@ -214,7 +214,11 @@ def deploy(cfg: Config, model_dir: Path, metrics: dict[str, float], serving_root
 
 
 def index(cfg: Config, notes_dir: Path, embeddings_dir: Path) -> dict[str, Any]:
-    """Fill a new Milvus collection with every embedding, then swap the serving alias to it."""
+    """Fill a new Milvus collection with every embedding, then swap the serving alias to it.
+
+    A re-run after a run killed between the fill and the swap swaps to that run's complete collection
+    instead of filling another (``reused``); see :meth:`notellm.vectorstore.NoteIndex.publish`.
+    """
     from notellm.vectorstore import NoteIndex
 
     notes = read_table(notes_dir / NOTES_FILE, NOTES).set_index("note_id")
@@ -222,8 +226,7 @@ def index(cfg: Config, notes_dir: Path, embeddings_dir: Path) -> dict[str, Any]:
     categories = notes["category"].reindex(emb["note_id"]).fillna("").tolist()
     version = str(emb["model_version"].iloc[0]) if len(emb) else "empty"
     with NoteIndex(cfg.index) as store:
-        name = store.build_collection(version, emb["note_id"].tolist(), list(emb["vector"]), categories)
-        previous = store.swap_alias(name)
+        published = store.publish(version, emb["note_id"].tolist(), list(emb["vector"]), categories)
         count = store.count()
-    return {"collection": name, "previous": previous, "alias": cfg.index.alias, "rows": count,
-            "uri": cfg.index.uri, "model_version": version}
+    return {"collection": published.collection, "previous": published.previous, "reused": published.reused,
+            "alias": cfg.index.alias, "rows": count, "uri": cfg.index.uri, "model_version": version}

@@ -2,17 +2,28 @@
 
 The index step builds a complete new collection (insert in batches, flush, HNSW index, load, count check),
 then points the serving alias at it in one step, so readers of the alias never see an empty or partial
-collection. Earlier collections are kept for rollback (``IndexConfig.keep_collections``) and then dropped.
+collection. An index run killed between the build and the swap leaves a complete collection that was never
+served: :meth:`NoteIndex.publish` (the index step) swaps to it instead of building again when it holds exactly
+the rows to publish (same content fingerprint), else builds a new one.
+
+Retention, applied after every swap (:meth:`NoteIndex.prune`): the serving collection and the newest
+``IndexConfig.keep_collections - 1`` other complete collections (by build time; rollback targets, a complete
+build that was never swapped in counts among them) are kept, older complete ones are dropped. Incomplete
+collections (builds cut off) older than the serving one are dropped; newer ones may be builds still running.
 
 ``uri`` is a local ``*.db`` path (embedded Milvus Lite: one process per database) or ``http://host:port``
 (a Milvus standalone or cluster, or a ``milvus-lite server`` that :func:`start_lite_server` starts so that
-several processes can share one database).
+several processes can share one database). Milvus Lite serves a ``*.db`` path from inside the process that
+opened it until that process exits; :meth:`NoteIndex.close` of the process's last open index on the path
+releases the database, so another process (e.g. the next pipeline step) can open it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import os
 import re
 import signal
@@ -21,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +54,10 @@ _PROP_MODEL_VERSION = "notellm.model_version"
 _PROP_ROWS = "notellm.rows"
 _PROP_CREATED = "notellm.created"
 _PROP_COMPLETE = "notellm.complete"
+_PROP_FINGERPRINT = "notellm.fingerprint"
+_PROP_SERVED = "notellm.served"
+#: Open NoteIndex objects per embedded Milvus Lite database (absolute path) in this process.
+_LITE_OPEN: Counter[str] = Counter()
 _T = TypeVar("_T")
 
 
@@ -62,6 +78,16 @@ class CollectionInfo:
     rows: int
     created: float
     complete: bool
+    fingerprint: str = ""
+    served: bool = False
+
+
+class Published(NamedTuple):
+    """What :meth:`NoteIndex.publish` did: the serving collection, the one before, whether it was reused."""
+
+    collection: str
+    previous: str | None
+    reused: bool
 
 
 class UnknownNoteError(NoteLLMError):
@@ -115,9 +141,21 @@ class NoteIndex:
         token = os.environ.get(self.config.token_env, "") if self.config.token_env else ""
         self.client = connect(self.uri, token, self.config.timeout_s)
         self.alias = self.config.alias
+        self._lite_path = None if _is_server_uri(self.uri) else os.path.abspath(self.uri)
+        if self._lite_path:
+            _LITE_OPEN[self._lite_path] += 1
 
     def close(self) -> None:
+        """Close the connection; the last open index on a Milvus Lite path in this process releases it."""
         self.client.close()
+        path, self._lite_path = self._lite_path, None
+        if path:
+            _LITE_OPEN[path] -= 1
+            if _LITE_OPEN[path] <= 0:
+                del _LITE_OPEN[path]
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(path)
 
     def __enter__(self) -> NoteIndex:
         return self
@@ -184,7 +222,8 @@ class NoteIndex:
         return CollectionInfo(
             name=desc["collection_name"], model_version=props[_PROP_MODEL_VERSION],
             rows=int(props[_PROP_ROWS]), created=float(props[_PROP_CREATED]),
-            complete=props.get(_PROP_COMPLETE) == "true")
+            complete=props.get(_PROP_COMPLETE) == "true", fingerprint=props.get(_PROP_FINGERPRINT, ""),
+            served=props.get(_PROP_SERVED) == "true")
 
     def collections(self) -> list[CollectionInfo]:
         """Collections built for this alias, oldest first."""
@@ -216,11 +255,38 @@ class NoteIndex:
         touched: call :meth:`swap_alias` with the returned name.
         """
         ids, matrix, cats = _check_rows(note_ids, vectors, categories, model_version)
+        return self._build(model_version, ids, matrix, cats, _fingerprint(model_version, ids, matrix, cats),
+                           progress=progress)
+
+    def publish(self, model_version: str, note_ids: Sequence[str], vectors: Any, categories: Sequence[str],
+                *, progress: bool = True) -> Published:
+        """Serve exactly these notes through the alias: build a collection (or reuse one), then swap.
+
+        A complete collection that was never served and holds these very rows (an index run killed before
+        its swap left it) is swapped in as it is; otherwise a new one is built.
+        """
+        ids, matrix, cats = _check_rows(note_ids, vectors, categories, model_version)
+        fingerprint = _fingerprint(model_version, ids, matrix, cats)
+        orphan = self._unserved_build(fingerprint, len(ids))
+        name = orphan or self._build(model_version, ids, matrix, cats, fingerprint, progress=progress)
+        return Published(name, self.swap_alias(name), orphan is not None)
+
+    def _unserved_build(self, fingerprint: str, rows: int) -> str | None:
+        """The newest complete, never-served collection holding exactly the rows of ``fingerprint``."""
+        for info in reversed(self.collections()):
+            if (info.complete and not info.served and info.fingerprint == fingerprint
+                    and self.count(info.name) == rows):
+                return info.name
+        return None
+
+    def _build(self, model_version: str, ids: list[str], matrix: np.ndarray, cats: list[str],
+               fingerprint: str, *, progress: bool) -> str:
         if not ids:
             raise DataError("no notes to index", column="note_id")
         name = self._next_name(model_version)
         props = {_PROP_ALIAS: self.alias, _PROP_MODEL_VERSION: model_version, _PROP_ROWS: str(len(ids)),
-                 _PROP_CREATED: repr(time.time()), _PROP_COMPLETE: "false"}
+                 _PROP_CREATED: repr(time.time()), _PROP_COMPLETE: "false",
+                 _PROP_FINGERPRINT: fingerprint}
         self._call(f"create collection {name!r}", self.client.create_collection, name,
                    schema=self._schema(matrix.shape[1]), properties=props, consistency_level="Strong")
         try:
@@ -264,6 +330,9 @@ class NoteIndex:
         state = self._call(f"get load state of {name!r}", self.client.get_load_state, name)
         if str(state.get("state")) != "Loaded":
             self._call(f"load {name!r}", self.client.load_collection, name)
+        # Marked before the swap: a collection that ever served (and may have taken upserts) is never reused.
+        self._call(f"mark {name!r} served", self.client.alter_collection_properties, name,
+                   properties={_PROP_SERVED: "true"})
         previous = self.serving_collection()
         if previous is None:
             self._call(f"create alias {self.alias!r}", self.client.create_alias, name, self.alias)
@@ -339,8 +408,8 @@ class NoteIndex:
         for start in range(0, len(unique), _GET_BATCH):
             chunk = unique[start:start + _GET_BATCH]
             rows = self._read(f"get from {target!r}", target, functools.partial(
-                self.client.get, target, ids=chunk, output_fields=["note_id", "vector"],
-                timeout=self.config.timeout_s))
+                self.client.get, target, ids=[_quotable(n) for n in chunk],
+                output_fields=["note_id", "vector"], timeout=self.config.timeout_s))
             for row in rows:
                 found[row["note_id"]] = np.asarray(row["vector"], dtype=np.float32)
         return found
@@ -399,12 +468,24 @@ class NoteIndex:
                 f"query vectors have dimension {dim}, collection {target!r} holds dimension {stored}")
 
 
+def _quotable(note_id: str) -> str:
+    """``note_id`` escaped for the ``note_id in ['...']`` expression that pymilvus builds without escaping."""
+    return note_id.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def _exclusions(exclude_ids: Sequence[str | Iterable[str] | None] | None, n: int) -> list[set[str]]:
     if exclude_ids is None:
         return [set() for _ in range(n)]
     if len(exclude_ids) != n:
         raise NoteLLMError(f"exclude_ids has {len(exclude_ids)} entries for {n} queries")
     return [set() if e is None else {e} if isinstance(e, str) else set(e) for e in exclude_ids]
+
+
+def _fingerprint(model_version: str, ids: list[str], matrix: np.ndarray, cats: list[str]) -> str:
+    """A hash of exactly the rows a collection holds (ids, vectors, categories, model version, in order)."""
+    digest = hashlib.sha256(json.dumps([model_version, ids, cats, matrix.shape]).encode())
+    digest.update(np.ascontiguousarray(matrix, dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def _check_rows(note_ids: Sequence[str], vectors: Any, categories: Sequence[str],

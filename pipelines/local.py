@@ -28,7 +28,17 @@ def local_parameters(workspace: Path, **params: Any) -> dict[str, Any]:
 
 
 def run_local(workspace: Path, **params: Any) -> Path:
-    """Run the whole pipeline locally; return the run's directory (one folder per task)."""
+    """Run the whole pipeline locally; return the run's directory (one folder per task).
+
+    Every task runs on every call: kfp.local's task cache (``enable_caching``, off by default) stays off.
+    Its key is the task's parameters and input artifact paths, not the data behind them or the notellm
+    code, so it could serve a stale ``prepare-data`` after the user's data files changed in place; and the
+    steps after ``note-features`` (never cached: it writes the Feast store) get new input paths on every
+    run, so they would miss anyway. A re-run with the same parameters reproduces the same tables, model
+    weights, embeddings and metrics (seeded, deterministic on CPU); only the model version's timestamp
+    differs. With ``min_gain`` 0 its gate passes on a recall equal to the serving model's, and deploy and
+    index run again (a new collection for the new version; the previous one is kept for rollback).
+    """
     from kfp import local
 
     workspace = workspace.resolve()

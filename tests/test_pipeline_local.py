@@ -13,16 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_pipeline import PARAMS
 
 from pipelines.local import run_local, summarize, task_outputs
 
 pytestmark = pytest.mark.slow
-
-OVERRIDES = ["data.synthetic.users=80", "data.synthetic.notes=150", "data.synthetic.events=6000",
-             "evaluation.ks=[10,50]", "evaluation.gate_k=50", "evaluation.generation_notes=3",
-             "training.threads=1", "embedding.threads=1", "drift.sample_size=100"]
-PARAMS = {"dataset": "synthetic", "backbone": "tiny-random", "max_steps": 2, "batch_pairs": 4,
-          "overrides": OVERRIDES}
 
 
 @pytest.fixture(scope="module")
