@@ -21,6 +21,7 @@ from notellm.io import atomic_path
 
 NOTES, EVENTS, PAIRS, EMBEDDINGS = "notes", "events", "pairs", "embeddings"
 SPLITS = ("train", "val", "test")
+MAX_UNIX_SECONDS = pd.Timestamp.max.timestamp()  # about the year 2262: pandas' datetime range
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,10 @@ def _coerce_column(column: pd.Series, name: str, typ: pa.DataType, file: str | P
             return column.astype("datetime64[us]")
         text_seconds = column.dtype == object and pd.to_numeric(column, errors="coerce").notna().all()
         if pd.api.types.is_numeric_dtype(column) or (len(column) and text_seconds):  # unix seconds
-            converted = pd.to_datetime(pd.to_numeric(column), unit="s", errors="coerce", utc=True)
+            seconds = pd.to_numeric(column, errors="coerce")
+            if not pd.api.types.is_bool_dtype(seconds):  # out of the datetime range (or inf): not a timestamp
+                seconds = seconds.astype("float64").where(lambda s: s.abs() < MAX_UNIX_SECONDS)
+            converted = pd.to_datetime(seconds, unit="s", errors="coerce", utc=True)
         else:
             converted = pd.to_datetime(column, errors="coerce", utc=True, format="ISO8601")
         bad = converted.isna().to_numpy()

@@ -20,12 +20,21 @@ class RequestError(NoteLLMError):
     """A client request is malformed; the message names the field at fault."""
 
 
+def check_unicode(value: str, where: str) -> str:
+    """``value`` if it is valid Unicode (JSON escapes can carry lone surrogates, which tokenizers reject)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(f"{where}: not valid Unicode (a lone surrogate at character {exc.start})") from exc
+    return value
+
+
 def _text(value: Any, where: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
         raise RequestError(f"{where}: expected a string, got {type(value).__name__}")
-    return value
+    return check_unicode(value, where)
 
 
 def parse_note(raw: Any, where: str, max_chars: int) -> dict[str, Any]:
@@ -42,6 +51,8 @@ def parse_note(raw: Any, where: str, max_chars: int) -> dict[str, Any]:
                 raw = json.loads(stripped)
             except json.JSONDecodeError as exc:
                 raise RequestError(f"{where}: looks like JSON but does not parse ({exc.msg})") from exc
+            except RecursionError as exc:
+                raise RequestError(f"{where}: looks like JSON but is nested too deeply") from exc
         else:
             raw = {"content": raw}
     if not isinstance(raw, dict):
@@ -57,7 +68,7 @@ def parse_note(raw: Any, where: str, max_chars: int) -> dict[str, Any]:
     hashtags = raw.get("hashtags") or []
     if not isinstance(hashtags, list) or not all(isinstance(h, str) for h in hashtags):
         raise RequestError(f"{where}.hashtags: expected a list of strings")
-    note["hashtags"] = hashtags
+    note["hashtags"] = [check_unicode(h, f"{where}.hashtags[{i}]") for i, h in enumerate(hashtags)]
     if "note_id" in raw:
         note["note_id"] = _text(raw["note_id"], f"{where}.note_id")
     if not (note["title"].strip() or note["content"].strip()):

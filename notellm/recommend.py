@@ -28,7 +28,7 @@ import numpy as np
 from notellm.batching import MicroBatcher
 from notellm.config import ServingConfig
 from notellm.errors import NoteLLMError
-from notellm.note_requests import RequestError, parse_note, parse_top_k
+from notellm.note_requests import RequestError, check_unicode, parse_note, parse_top_k
 
 if TYPE_CHECKING:
     from notellm.vectorstore import Hit, NoteIndex
@@ -83,7 +83,7 @@ def _note_id(value: Any, where: str) -> str:
         raise RequestError(f"{where}: expected a non-empty string, got {value!r}")
     if len(value) > NOTE_ID_MAX_CHARS:
         raise RequestError(f"{where}: longer than {NOTE_ID_MAX_CHARS} characters")
-    return value
+    return check_unicode(value, where)
 
 
 def parse_body(raw: bytes | str) -> Any:
@@ -95,6 +95,8 @@ def parse_body(raw: bytes | str) -> Any:
     except json.JSONDecodeError as exc:
         raise RequestError(f"request: the body is not valid JSON ({exc.msg} at line {exc.lineno} "
                            f"column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise RequestError("request: the body is JSON nested too deeply") from exc
 
 
 def parse_request(body: Any, cfg: ServingConfig) -> RecommendRequest:
