@@ -27,5 +27,6 @@ def check_drift(config: str, notes: Input[Dataset], embeddings: Input[Dataset], 
                                    Path(reference_data) if reference_data else None)
         shutil.copyfile(Path(tmp) / "drift_report.html", report.path)
         shutil.copyfile(Path(tmp) / "drift_summary.json", details.path)
-    log_metrics(summary, {"passed": result["passed"], **result["metrics"]})
+    log_metrics(summary, {"passed": result["passed"], **result["metrics"],
+                          "step_seconds": result["step_seconds"]})
     return namedtuple("Drift", ["passed", "reasons"])(result["passed"], "; ".join(result["reasons"]))

@@ -30,7 +30,7 @@ def evaluate(config: str, model: Input[Model], notes: Input[Dataset], pairs: Inp
         png = base64.b64encode((Path(tmp) / "recall_at_k.png").read_bytes()).decode()
     Path(recall_plot.path).write_text(f'<html><body><h2>Recall@k</h2>'
                                       f'<img src="data:image/png;base64,{png}"/></body></html>')
-    log_metrics(metrics, summary["metrics"])
+    log_metrics(metrics, {**summary["metrics"], "step_seconds": summary["step_seconds"]})
     key = next(k for k in summary if k.startswith("recall_at_"))
     return namedtuple("Evaluation", ["recall", "reference_recall", "reference", "metric"])(
         summary[key], summary["reference_recall"], summary["reference"], "R@" + key.removeprefix("recall_at_"))

@@ -7,9 +7,12 @@ its outputs; it never appends.
 
 from __future__ import annotations
 
+import functools
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -20,7 +23,20 @@ from notellm.io import atomic_path
 NOTES_FILE, EVENTS_FILE, PAIRS_FILE = "notes.parquet", "events.parquet", "pairs.parquet"
 EMBEDDINGS_FILE = "embeddings.parquet"
 
+Step = TypeVar("Step", bound=Callable[..., dict[str, Any]])
 
+
+def timed(step: Step) -> Step:
+    """Add ``step_seconds`` (wall time inside the step) to the step's result, for the run's records."""
+    @functools.wraps(step)
+    def wrapper(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        began = time.perf_counter()
+        result = step(*args, **kwargs)
+        return {**result, "step_seconds": round(time.perf_counter() - began, 3)}
+    return wrapper  # type: ignore[return-value]
+
+
+@timed
 def prepare_data(cfg: Config, out_dir: Path) -> dict[str, Any]:
     """Write the configured dataset's notes and events tables into ``out_dir``."""
     from notellm.datasets import build_dataset
@@ -28,6 +44,7 @@ def prepare_data(cfg: Config, out_dir: Path) -> dict[str, Any]:
     return build_dataset(cfg.data, out_dir)
 
 
+@timed
 def publish_features(data_dir: Path, repo_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Publish note features to Feast and read the training notes back through its offline store.
 
@@ -57,6 +74,7 @@ def publish_features(data_dir: Path, repo_dir: Path, out_dir: Path) -> dict[str,
             "snapshot": str(snapshot), "feature_repo": str(repo.path)}
 
 
+@timed
 def mine(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Mine co-occurrence pairs and split them without leakage (pairs.parquet, pair_stats.json)."""
     from notellm.mining import run_mining
@@ -76,6 +94,7 @@ def _windows(notes: pd.DataFrame, events: pd.DataFrame, quantile: float) -> tupl
     return out[0], out[1]
 
 
+@timed
 def check_drift(cfg: Config, data_dir: Path, embeddings_path: Path, out_dir: Path,
                 reference_dir: Path | None = None) -> dict[str, Any]:
     """Compare a reference window with the current one: note features and the new model's embeddings.
@@ -106,6 +125,7 @@ def check_drift(cfg: Config, data_dir: Path, embeddings_path: Path, out_dir: Pat
     return {"passed": result.passed, "reasons": result.reasons, "metrics": result.metrics}
 
 
+@timed
 def finetune(cfg: Config, notes_dir: Path, pairs_dir: Path, model_dir: Path) -> dict[str, Any]:
     """Train NoteLLM on the train pairs (GCL + CSFT); writes the model directory (with its loss curve)."""
     from notellm.contracts import PAIRS
@@ -116,6 +136,7 @@ def finetune(cfg: Config, notes_dir: Path, pairs_dir: Path, model_dir: Path) -> 
     return train(notes, pairs, cfg.model, cfg.prompt, cfg.training, model_dir)
 
 
+@timed
 def embed(cfg: Config, model_dir: Path, notes_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Embed every note with the model; writes embeddings.parquet."""
     from notellm.model import load_model, write_embeddings
@@ -145,6 +166,7 @@ def _baseline_vectors(cfg: Config, name: str, notes: pd.DataFrame, train_pairs: 
     return minilm_embed(notes, model, cfg.evaluation.batch_size)
 
 
+@timed
 def evaluate(cfg: Config, model_dir: Path, notes_dir: Path, pairs_dir: Path, embeddings_dir: Path,
              out_dir: Path, serving_root: Path | None = None) -> dict[str, Any]:
     """The paper's protocol on the test pairs, the baselines, generation metrics, and the gate's reference.
@@ -200,6 +222,7 @@ def evaluate(cfg: Config, model_dir: Path, notes_dir: Path, pairs_dir: Path, emb
     return summary
 
 
+@timed
 def deploy(cfg: Config, model_dir: Path, metrics: dict[str, float], serving_root: Path,
            target: str = "local", storage_uri: str = "", isvc: str = "notellm",
            namespace: str = "kubeflow-user") -> dict[str, Any]:
@@ -213,6 +236,7 @@ def deploy(cfg: Config, model_dir: Path, metrics: dict[str, float], serving_root
     return record
 
 
+@timed
 def index(cfg: Config, notes_dir: Path, embeddings_dir: Path) -> dict[str, Any]:
     """Fill a new Milvus collection with every embedding, then swap the serving alias to it.
 

@@ -29,6 +29,7 @@ def _error_handlers() -> dict[type[BaseException], Any]:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from kserve.errors import InvalidInput
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from notellm.note_requests import RequestError
     from notellm.recommend import NoteNotFound, ServiceUnavailable
@@ -47,8 +48,13 @@ def _error_handlers() -> dict[type[BaseException], Any]:
                     for e in exc.errors() if e["loc"][-1:] != ("bytes",)]
         return JSONResponse(status_code=422, content={"error": "; ".join(problems) or "invalid request body"})
 
+    async def http_error(_: Any, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (an undecodable body, an unknown route) in the same {"error"} shape
+        return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers)
+
     return {InvalidInput: answer(400), RequestError: answer(400), NoteNotFound: answer(404),
-            UnknownNoteError: answer(404), ServiceUnavailable: answer(503), RequestValidationError: invalid_body}
+            UnknownNoteError: answer(404), ServiceUnavailable: answer(503), RequestValidationError: invalid_body,
+            StarletteHTTPException: http_error}
 
 
 class InternalErrors:

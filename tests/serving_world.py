@@ -106,6 +106,7 @@ class World:
     http: str  # the local server
     grpc: str
     remote: str  # the cluster-style recommender ("" without cluster)
+    dead_predictor: str  # host:port where "notellm-nopredictor" looks for its predictor (nothing listens)
     processes: list[tuple[subprocess.Popen, Path]]  # local first
 
     def embed(self, notes: list[dict[str, Any]]) -> np.ndarray:
@@ -205,7 +206,7 @@ def running_world(root: Path, *, cluster: bool = True) -> Iterator[World]:
                                                     indexed["category"].tolist(), progress=False))
         w = World(root, notes, dict(zip(indexed["note_id"], matrix)), model, milvus_uri, milvus,
                   f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}",
-                  f"http://127.0.0.1:{remote_port}" if cluster else "", processes)
+                  f"http://127.0.0.1:{remote_port}" if cluster else "", f"127.0.0.1:{dead_port}", processes)
         for (process, log), (_, _, _, path, port) in zip(processes, servers):
             wait_ready(f"http://127.0.0.1:{port}{path}", process, log)
         yield w

@@ -90,9 +90,10 @@ def _write(columns: list[str], rows: list[dict[str, Any]], path: Path) -> None:
     else:
         try:
             table = pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in columns})
-        except (pa.ArrowException, OverflowError, UnicodeEncodeError):  # mixed types: every value as JSON text
-            table = pa.Table.from_pylist([{k: json.dumps(v) for k, v in r.items()} for r in rows])
-        pq.write_table(table, path)
+            pq.write_table(table, path)
+        except (pa.ArrowException, OverflowError, UnicodeEncodeError):  # mixed types or a type parquet cannot
+            # hold (an empty struct): every value as JSON text
+            pq.write_table(pa.Table.from_pylist([{k: json.dumps(v) for k, v in r.items()} for r in rows]), path)
 
 
 @st.composite
@@ -302,10 +303,7 @@ def test_generated_http_bodies_get_a_2xx_or_a_4xx_never_a_5xx(world):
         headers = {"content-type": content_type} if content_type else {}
         response = httpx.post(f"{world.http}{path}", content=body, headers=headers, timeout=60)
         assert response.status_code < 500, (response.status_code, response.text)
-        if response.status_code >= 400 and "detail" in response.json():
-            # a v2 body that does not decode at all (not UTF-8, nested too deeply): FastAPI's own answer
-            assert (path, response.json()) == (INFER, {"detail": "There was an error parsing the body"})
-        elif response.status_code >= 400:
+        if response.status_code >= 400:
             assert_client_error(response)
 
     check()

@@ -141,13 +141,14 @@ def test_resume_gives_the_same_next_step(notes, pairs, tmp_path):
 def test_adapter_directory_and_checkpointing(notes, pairs, tmp_path):
     plain = MODEL.model_copy(update={"lora_dropout": 0.0})
     adapter = plain.model_copy(update={"merge_lora": False, "gradient_checkpointing": True})
-    model, _ = train_model(notes, pairs, adapter, PromptConfig(), cfg(), tmp_path / "adapter", progress=False)
+    fp32 = cfg(bf16="off")  # bf16 rounding differs between a shared prefix and recomputed activations
+    model, _ = train_model(notes, pairs, adapter, PromptConfig(), fp32, tmp_path / "adapter", progress=False)
     assert (tmp_path / "adapter" / "backbone" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "adapter" / "backbone" / "model.safetensors").exists()
     np.testing.assert_allclose(embed_notes(load_model(tmp_path / "adapter"), notes),
                                embed_notes(model, notes), atol=1e-5)
     # recomputing activations (and so not sharing the prefix) changes no loss when nothing is random
-    train(notes, pairs, plain, PromptConfig(), cfg(), tmp_path / "plain", progress=False)
+    train(notes, pairs, plain, PromptConfig(), fp32, tmp_path / "plain", progress=False)
     curves = [[r["loss"] for r in json.loads((tmp_path / d / "loss_curve.json").read_text())]
               for d in ("adapter", "plain")]
     np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)

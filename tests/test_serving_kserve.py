@@ -38,7 +38,9 @@ from serving_world import (
     assert_top_k,
     related,
     running_world,
+    start_process,
     v1,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.slow
@@ -291,6 +293,25 @@ def test_predictor_down_or_hung_is_a_503_for_new_notes_only(world):
         assert reason in response.json()["error"]
         assert time.monotonic() - start < 6
         assert related(world, [{"note_id": "n1"}], model=model)[0]["source"] == "index"
+
+
+def test_recommender_recovers_when_its_predictor_comes_up_and_fails_fast_when_it_goes(world):
+    host, port = world.dead_predictor.rsplit(":", 1)
+    log = world.root / "late-predictor.log"
+    predictor = start_process([sys.executable, "-m", "serving.embedder", "--model_name", "notellm-embedder",
+                               "--model_dir", str(world.root / "model"), "--host", host, "--http_port", port,
+                               "--enable_grpc", "false"], log)
+    try:
+        wait_ready(f"http://{world.dead_predictor}/v2/health/ready", predictor, log)
+        note = world.note(world.notes["note_id"].iloc[-1])
+        response = v1(world.http, "notellm-nopredictor", {"instances": [note], "top_k": 3})
+        assert response.status_code == 200, response.text  # no restart of the recommender needed
+        assert_top_k(world, world.embed([note])[0], response.json()["predictions"][0]["related"], 3, exclude=None)
+    finally:
+        predictor.terminate()
+        predictor.wait(20)
+    response = v1(world.http, "notellm-nopredictor", {"instances": ["a new note"]})
+    assert response.status_code == 503 and "cannot reach the predictor" in response.json()["error"]
 
 
 def test_internal_errors_are_500_without_details_and_keep_the_connection(world):

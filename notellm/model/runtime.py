@@ -13,10 +13,20 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def use_bf16(setting: str, device: torch.device) -> bool:
-    """'on', 'off', or 'auto' (on for a CUDA device that supports bf16, off on the CPU)."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated, slowly."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def use_bf16(setting: str, device: torch.device, *, training: bool = False) -> bool:
+    """'on', 'off', or 'auto': on for a CUDA device that supports bf16; on the CPU, on for training where
+    the CPU computes bf16 in hardware (AVX512-BF16 or AMX), off for embedding, so that a note's vector does
+    not depend on the batch it was embedded in (bf16 rounding does). Weights stay float32 either way."""
     if setting == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return training and device.type == "cpu" and cpu_has_native_bf16()
     return setting == "on"
 
 

@@ -181,7 +181,7 @@ def train_model(notes: pd.DataFrame, pairs: pd.DataFrame, model_cfg: ModelConfig
     if ctx.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             encoder, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    bf16 = use_bf16(train_cfg.bf16, ctx.device)
+    bf16 = use_bf16(train_cfg.bf16, ctx.device, training=True)
     with_output = train_cfg.alpha > 0 and prompt_cfg.kind == "notellm"
     params = [p for g in optimizer.param_groups for p in g["params"]]
     order, order_epoch = np.arange(0), -1
