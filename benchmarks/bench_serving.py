@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.local import wait_ready
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Serving"
 COMMAND = "python benchmarks/bench_serving.py"
@@ -102,23 +104,6 @@ def start_server(config: Path, model_dir: Path, port: int, threads: int, log: Pa
         return subprocess.Popen([sys.executable, "-c", SERVER, str(config), str(model_dir), str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=ROOT)
-
-
-def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 900) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the server at {url} was not ready after {timeout_s:.0f} s:\n"
-                       f"{log.read_text()[-3000:]}")
 
 
 def build_index(uri: str, rows: int, dim: int, model_version: str, seed: int) -> np.ndarray:
@@ -210,7 +195,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         try:
             vectors = build_index(uri, args.rows, int(meta["dim"]), meta["model_version"], args.seed)
             base = f"http://127.0.0.1:{port}"
-            wait_ready(f"{base}/v2/health/ready", server, log)
+            wait_ready(f"{base}/v2/health/ready", server, log.read_text, timeout_s=900)
             results["milvus"] = milvus_alone_ms(uri, vectors, args.clients, args.top_k, args.search_repeats,
                                                 args.seed)
             print(f"Milvus alone: {results['milvus']}", file=sys.stderr)

@@ -7,8 +7,9 @@ that it is recommendable at once (cold start). Every hit comes with its score, i
 online features; the query note is never among its own results.
 
 The embedder is any async callable ``notes -> (vectors, model_version)``: the predictor in-process or over
-HTTP (``serving/recommender.py``). Concurrent Milvus searches share search calls
-(:class:`notellm.batching.MicroBatcher`): Milvus Lite charges about 30-90 ms per search call.
+HTTP (``serving/recommender.py``). Concurrent requests share their Milvus searches, their Milvus reads of
+stored vectors and their Feast reads (:class:`notellm.batching.MicroBatcher`): Milvus Lite charges about
+30-90 ms per search call.
 
 Nothing here imports kserve; :class:`RecommendClient` calls a running recommender over HTTP.
 """
@@ -40,6 +41,7 @@ OPTION_KEYS = {"top_k", "upsert"}
 NOTE_ID_MAX_CHARS = 512  # the Milvus primary key's max_length (notellm.vectorstore.NOTE_ID_MAX_LEN)
 CATEGORY_MAX_CHARS = 256  # notellm.vectorstore.CATEGORY_MAX_LEN
 VERSION_TTL_S = 5.0
+FEATURE_BATCH_IDS = 4096  # note ids in one Feast read shared by concurrent requests
 
 
 class ServiceUnavailable(NoteLLMError):
@@ -171,6 +173,8 @@ class Recommender:
         self.cfg = cfg
         wait = cfg.max_wait_ms / 1000
         self._search = MicroBatcher(self._search_batch, index.config.search_batch_size, wait)
+        self._get = MicroBatcher(self._get_batch, index.config.search_batch_size, wait)
+        self._rows = MicroBatcher(self._read_features, FEATURE_BATCH_IDS, wait)
         self._feature_lock = threading.Lock()  # Feast's sqlite store shares one connection across threads
         self._version: tuple[float, str] | None = None
 
@@ -189,17 +193,25 @@ class Recommender:
                                  exclude_ids=[item[2] for item in items])
         return [row[:item[1]] for row, item in zip(hits, items, strict=True)]
 
+    def _get_batch(self, note_ids: list[str]) -> list[np.ndarray | None]:
+        """One Milvus read for the note ids of concurrent requests (None where a note is not indexed)."""
+        stored = self.index.get_vectors(list(dict.fromkeys(note_ids)))
+        return [stored.get(n) for n in note_ids]
+
     def _read_features(self, note_ids: list[str]) -> list[dict[str, Any]]:
+        """One Feast read for the note ids of concurrent requests, a row per id."""
         assert self.features is not None
+        unique = list(dict.fromkeys(note_ids))
         with self._feature_lock:
-            return self.features.online_features(note_ids)
+            rows = dict(zip(unique, self.features.online_features(unique), strict=True))
+        return [rows[n] for n in note_ids]
 
     async def online_features(self, note_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Feast rows per id (``found`` False for unknown ids); all not found without a feature source."""
         if self.features is None:
             return [{"note_id": n, "found": False} for n in note_ids]
         try:
-            return await asyncio.to_thread(self._read_features, list(note_ids))
+            return await self._rows.submit(list(note_ids))
         except Exception as exc:  # noqa: BLE001 - any Feast failure: the store cannot answer
             raise ServiceUnavailable(f"the feature store cannot read online features: {exc}") from exc
 
@@ -247,7 +259,11 @@ class Recommender:
 
     async def _lookup(self, note_ids: list[str]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
         """Stored vectors of the indexed notes, and the other notes as described by their Feast features."""
-        stored = await self._milvus("read note vectors", self.index.get_vectors, note_ids)
+        try:
+            found = await self._get.submit(note_ids)
+        except NoteLLMError as exc:
+            raise ServiceUnavailable(f"the vector index cannot read note vectors: {exc}") from exc
+        stored = {n: v for n, v in zip(note_ids, found, strict=True) if v is not None}
         missing = list(dict.fromkeys(n for n in note_ids if n not in stored))
         if not missing:
             return stored, {}

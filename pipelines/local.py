@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,29 +71,21 @@ FULL = {"max_steps": 0}  # one full epoch over the train pairs
 
 @contextlib.contextmanager
 def local_server(workspace: Path, timeout_s: float = 180.0) -> Iterator[str]:
-    """``notellm serve`` (KServe embedder + recommender on loopback) in a subprocess; yields its URL."""
-    import httpx
+    """``notellm serve`` (KServe embedder + recommender on loopback) in a subprocess; yields its URL.
+    Its log goes to ``workspace/serve.log``."""
+    from serving.local import wait_ready
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-c", "from notellm.cli import app; app()", "serve",
-                                "--workspace", str(workspace), "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = workspace / "serve.log"
+    with log.open("wb") as out:  # a file, not a pipe: nobody reads a pipe while the server runs
+        process = subprocess.Popen([sys.executable, "-c", "from notellm.cli import app; app()", "serve",
+                                    "--workspace", str(workspace), "--port", str(port)],
+                                   stdout=subprocess.DEVNULL, stderr=out)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"notellm serve exited: {process.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"notellm serve was not ready within {timeout_s:.0f} s")
-            time.sleep(0.5)
+        wait_ready(f"{url}/v2/health/ready", process, log.read_text, timeout_s)
         yield url
     finally:
         process.send_signal(signal.SIGINT)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Sequence
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,24 @@ from notellm.config import Config
 from notellm.errors import ConfigError, NoteLLMError
 
 log = logging.getLogger(__name__)
+
+
+def wait_ready(url: str, process: subprocess.Popen, output: Callable[[], str], timeout_s: float = 120) -> None:
+    """Poll ``url`` (a health route) until it answers 200; a RuntimeError with the tail of ``output()`` if
+    the server process exits first or ``timeout_s`` passes."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{output()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the server at {url} was not ready after {timeout_s:.0f} s:\n{output()[-3000:]}")
 
 
 def _error_handlers() -> dict[type[BaseException], Any]:

@@ -20,7 +20,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,17 +130,12 @@ def start_process(command: list[str], log: Path, **env_vars: str) -> subprocess.
 
 
 def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"server at {url} not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
+    from serving.local import wait_ready as wait
+
+    try:
+        wait(url, process, log.read_text, timeout_s)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @contextlib.contextmanager
