@@ -82,13 +82,15 @@ PHASES = ("model", "embed", "generate", "total")
 MINILM_BATCH_PAIRS, MINILM_LR = 32, 2e-5  # the SentenceBERT row's recipe (sentence-transformers' usual)
 
 # The table's recipe on top of the config defaults (the user's --set overrides come after it).
-# Budget, 2 CPU cores, SmolLM2-135M. Rates on an idle machine (issue 3's calibration): a train step of 16
-# pairs about 5.5 s in bf16 with the shared prefix, embedding about 10 notes/s (1,682 notes: ~3 min per LLM
-# row), MiniLM fine-tuning one epoch 4-23 min. Two trained LLM rows of 250 steps (~23 min of training,
-# ~3 of embedding, ~2 of generation each) plus the four cheap rows (~10-25 min): about 65-85 minutes.
-# PromptEOL+CSE and RepLLaMA (shorter prompts, ~15 min each) would push it past 90, hence CORE_METHODS.
-# This session's shared machine (docs/benchmarks.md, "Model") ran 2-3x slower per token.
+# Budget, 2 CPU cores, SmolLM2-135M, measured on an idle machine: a train step of 16 pairs (about 90 tokens a
+# note, bf16, shared prefix) takes 7.9 s without LoRA dropout and 14.3 s with the default 0.05 (a Bernoulli
+# mask on the input of each of the 7 x 30 adapted modules), so the recipe trains without it: the budget is
+# about half an epoch, where dropout has little to regularise. Embedding about 10 notes/s (1,682 notes: ~3 min
+# per LLM row), MiniLM fine-tuning one epoch 4-23 min. Two trained LLM rows of 250 steps (~33 min of
+# training, ~3 of embedding, ~2 of generation each) plus the four cheap rows (~10-15 min): about 85 minutes.
+# PromptEOL+CSE and RepLLaMA (shorter prompts, ~25 min each) would push it past 90, hence CORE_METHODS.
 RECIPE: dict[str, Any] = {
+    "model.lora_dropout": 0.0,
     "training.max_steps": 250,
     "training.batch_pairs": 16,
     "training.bf16": "on",
@@ -96,7 +98,7 @@ RECIPE: dict[str, Any] = {
     "embedding.bf16": "on",
 }
 BUDGET = ("Expected time on 2 otherwise idle CPU cores (from the rates in the comment on `RECIPE` in "
-          "`notellm/results.py`): about 65-85 minutes for the default (core) rows, about 95-115 minutes with "
+          "`notellm/results.py`): about 85 minutes for the default (core) rows, about 135 minutes with "
           "`--methods all` (two more trained rows). Other work on the machine makes it proportionally "
           "longer; an interrupted run continues where it stopped.\n\n")
 TUNING = ("Recipe choices (steps, learning rates of the projection and tau, batch size, bf16, prompt "
