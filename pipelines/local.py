@@ -26,17 +26,17 @@ def local_parameters(workspace: Path, **params: Any) -> dict[str, Any]:
             "milvus_uri": str(workspace / "milvus.db"), "deploy_target": "local", **params}
 
 
-def run_local(workspace: Path, **params: Any) -> Path:
+def run_local(workspace: Path, caching: bool = False, **params: Any) -> Path:
     """Run the whole pipeline locally; return the run's directory (one folder per task).
 
-    Every task runs on every call: kfp.local's task cache (``enable_caching``, off by default) stays off.
-    Its key is the task's parameters and input artifact paths, not the data behind them or the notellm
-    code, so it could serve a stale ``prepare-data`` after the user's data files changed in place; and the
-    steps after ``note-features`` (never cached: it writes the Feast store) get new input paths on every
-    run, so they would miss anyway. A re-run with the same parameters reproduces the same tables, model
-    weights, embeddings and metrics (seeded, deterministic on CPU); only the model version's timestamp
-    differs. With ``min_gain`` 0 its gate passes on a recall equal to the serving model's, and deploy and
-    index run again (a new collection for the new version; the previous one is kept for rollback).
+    ``caching`` turns on kfp.local's task cache (off by default, as in kfp.local). Its key is a task's
+    parameters and input artifact paths, so only ``make-config`` (a pure function of the parameters) can
+    hit it here: ``prepare-data`` and ``note-features`` never cache (their keys would hold paths, not the data
+    behind them) and every later step gets new input paths. A re-run with the same parameters reproduces
+    the same tables, model weights, embeddings and metrics (seeded, deterministic on CPU); only the model
+    version's timestamp differs. With ``min_gain`` 0 its gate passes on a recall equal to the serving
+    model's, and deploy and index run again (a new collection for the new version; the previous one is kept
+    for rollback). A task that came from the cache leaves no folder in the run's directory.
     """
     from kfp import local
 
@@ -44,7 +44,8 @@ def run_local(workspace: Path, **params: Any) -> Path:
     root = workspace / "runs"
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
+               enable_caching=caching)
     notellm_pipeline(**local_parameters(workspace, **params))
     created = sorted((p for p in set(root.iterdir()) - before if p.name.startswith(PIPELINE_NAME)),
                      key=lambda p: p.stat().st_mtime)

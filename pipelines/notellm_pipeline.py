@@ -47,6 +47,7 @@ def build_pipeline(gpu: bool = False):
                           top_t=top_t, milvus_uri=milvus_uri, overrides=overrides, config_yaml=config_yaml)
         cfg.set_display_name("validate config")
         data = prepare_data(config=cfg.output)
+        data.set_caching_options(False)  # its key holds the paths, not the data: files changed in place
         features = note_features(data=data.outputs["data"], feature_repo=feature_repo)
         features.set_caching_options(False)  # writes the Feast store
         notes = features.outputs["notes"]

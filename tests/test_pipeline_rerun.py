@@ -1,7 +1,7 @@
 """The same local pipeline run twice in one workspace (kfp.local): same artifacts, no duplicated data.
 
-kfp.local caching stays off (see ``run_local``), so the second run executes every task again and must
-reproduce the first one's content: notes and pairs tables, model weights, embeddings, metrics. Only the
+Both runs have kfp.local's task cache on: the second takes ``make-config`` from the cache (the only task whose
+key can hit, see ``run_local``), executes every other task again and must reproduce the first one's content: notes and pairs tables, model weights, embeddings, metrics. Only the
 model version differs (it carries the training time). No baselines are evaluated, so the first run's gate
 compares with nothing and the second's with the serving model: equal recall passes (min_gain 0), deploy and
 index run again. After each run Milvus serves each note once and the Feast stores hold each note once.
@@ -34,7 +34,7 @@ def _notes(run: Path) -> pd.DataFrame:
     return pd.read_parquet(run / "note-features" / "notes" / "notes.parquet")
 
 
-def _store_rows(workspace: Path, run: Path) -> dict[str, Any]:
+def _store_rows(workspace: Path, config_run: Path) -> dict[str, Any]:
     """Rows per note id in Milvus (each collection of the alias) and in Feast's online and offline stores.
 
     Opened only after the run, when no step holds the Milvus Lite database; closing releases it.
@@ -43,7 +43,7 @@ def _store_rows(workspace: Path, run: Path) -> dict[str, Any]:
     from notellm.kfp_io import config_from_yaml
     from notellm.vectorstore import NoteIndex
 
-    cfg = config_from_yaml(task_outputs(run, "make-config")["Output"])
+    cfg = config_from_yaml(task_outputs(config_run, "make-config")["Output"])
     with NoteIndex(cfg.index) as store:
         milvus = {"serving": store.serving_collection(), "count": store.count(),
                   "collections": {c.name: (store.count(c.name), c.complete) for c in store.collections()}}
@@ -62,11 +62,11 @@ def _store_rows(workspace: Path, run: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     workspace = tmp_path_factory.mktemp("rerun")
-    first = run_local(workspace, **RERUN)
+    first = run_local(workspace, caching=True, **RERUN)
     after_first = _store_rows(workspace, first)
-    second = run_local(workspace, **RERUN)
+    second = run_local(workspace, caching=True, **RERUN)
     return {"workspace": workspace, "first": first, "second": second,
-            "stores": [after_first, _store_rows(workspace, second)]}
+            "stores": [after_first, _store_rows(workspace, first)]}  # the same config, cached in the second
 
 
 def _without_timings(value: Any) -> Any:
@@ -96,8 +96,9 @@ def _metadata(run: Path, task: str, artifact: str) -> dict[str, Any]:
 
 def test_every_task_runs_again_and_reproduces_the_same_content(runs: dict[str, Any]) -> None:
     first, second = runs["first"], runs["second"]
-    assert sorted(p.name for p in first.iterdir()) == sorted(p.name for p in second.iterdir())
-    assert {"prepare-data", "finetune", "embed", "deploy", "index"} <= {p.name for p in second.iterdir()}
+    tasks = [{p.name for p in run.iterdir()} for run in (first, second)]
+    assert tasks[0] - tasks[1] == {"make-config"}  # from the cache: no folder in the second run
+    assert {"prepare-data", "finetune", "embed", "deploy", "index"} <= tasks[1] <= tasks[0]
 
     pd.testing.assert_frame_equal(_notes(first), _notes(second))
     pd.testing.assert_frame_equal(*(pd.read_parquet(r / "mine-pairs" / "pairs" / "pairs.parquet")
