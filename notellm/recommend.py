@@ -193,6 +193,13 @@ class Recommender:
                                  exclude_ids=[item[2] for item in items])
         return [row[:item[1]] for row, item in zip(hits, items, strict=True)]
 
+    async def _milvus_batched(self, what: str, batcher: MicroBatcher, items: list[Any]) -> list[Any]:
+        """:meth:`_milvus` for a call shared with concurrent requests through ``batcher``."""
+        try:
+            return await batcher.submit(items)
+        except NoteLLMError as exc:
+            raise ServiceUnavailable(f"the vector index cannot {what}: {exc}") from exc
+
     def _get_batch(self, note_ids: list[str]) -> list[np.ndarray | None]:
         """One Milvus read for the note ids of concurrent requests (None where a note is not indexed)."""
         stored = self.index.get_vectors(list(dict.fromkeys(note_ids)))
@@ -259,10 +266,7 @@ class Recommender:
 
     async def _lookup(self, note_ids: list[str]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
         """Stored vectors of the indexed notes, and the other notes as described by their Feast features."""
-        try:
-            found = await self._get.submit(note_ids)
-        except NoteLLMError as exc:
-            raise ServiceUnavailable(f"the vector index cannot read note vectors: {exc}") from exc
+        found = await self._milvus_batched("read note vectors", self._get, note_ids)
         stored = {n: v for n, v in zip(note_ids, found, strict=True) if v is not None}
         missing = list(dict.fromkeys(n for n in note_ids if n not in stored))
         if not missing:
@@ -275,10 +279,8 @@ class Recommender:
 
     async def _search_hits(self, vectors: list[np.ndarray], k: int,
                            exclude: list[str | None]) -> list[list[Hit]]:
-        try:
-            return await self._search.submit([(v, k, e) for v, e in zip(vectors, exclude, strict=True)])
-        except NoteLLMError as exc:
-            raise ServiceUnavailable(f"the vector index cannot search: {exc}") from exc
+        return await self._milvus_batched("search", self._search,
+                                          [(v, k, e) for v, e in zip(vectors, exclude, strict=True)])
 
     async def _upsert(self, rows: list[tuple[Query, np.ndarray]]) -> None:
         version = await self._serving_version()
