@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from notellm.errors import NoteLLMError
+from notellm.errors import ConfigError, NoteLLMError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="NoteLLM: train, evaluate and serve LLM note embeddings (arXiv 2403.01744).")
@@ -167,19 +168,45 @@ def results(workspace: Path = WORKSPACE / "results", out: Path = Path("docs/resu
             methods: Annotated[list[str] | None, typer.Option("--method", "-m",
                                help="Rows to run (default: the core rows; 'all': every row).")] = None,
             force: Annotated[bool, typer.Option(help="Re-run rows already cached.")] = False,
+            tune: Annotated[str | None, typer.Option(
+                help="Tune the recipe on the val split instead: JSON, either {\"section.key\": [values]} "
+                     "(every combination) or a list of override objects (one trial each).")] = None,
             config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Reproduce the paper's results table on MovieLens-100k (resumable; rows cached in the workspace)."""
     import shlex
     import sys
 
-    from notellm.results import results_config, run_results
+    from notellm.results import results_config, run_results, tune_on_val
 
     try:
-        run_results(results_config(config, set_ or []), workspace, methods, out, force=force,
-                    command="notellm " + shlex.join(sys.argv[1:]))
+        cfg = results_config(config, set_ or [])
+        if tune is not None:
+            try:
+                grid = json.loads(tune)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"--tune is not JSON: {exc}") from None
+            method = methods[0] if methods else "notellm"
+            summary = tune_on_val(cfg, workspace, grid, method, force=force)
+            _print_trials(summary)
+            return
+        run_results(cfg, workspace, methods, out, force=force, command="notellm " + shlex.join(sys.argv[1:]))
     except NoteLLMError as exc:
         _fail(exc)
     typer.echo(f"wrote {out}")
+
+
+def _print_trials(summary: dict) -> None:
+    from rich.table import Table
+
+    k = summary["k"]
+    table = Table(title=f"{summary['method']}: val Recall@{k} by setting (best first)")
+    for column in ("overrides", f"val R@{k} (%)", "stderr", "seconds"):
+        table.add_column(column)
+    for trial in summary["trials"]:
+        table.add_row(json.dumps(trial["overrides"]) if trial["overrides"] else "(recipe)",
+                      f"{100 * trial[f'val_recall_at_{k}']:.2f}", f"{100 * trial['stderr']:.2f}",
+                      f"{trial['seconds']:.0f}")
+    Console().print(table)
 
 
 @app.command()

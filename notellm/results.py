@@ -687,9 +687,13 @@ def run_results(cfg: Config, workspace: Path, methods: list[str] | None = None,
             "seconds": {n: results[n]["seconds"]["total"] for n in names}}
 
 
-def tune_on_val(cfg: Config, workspace: Path, grid: dict[str, list[Any]], method: str = "notellm", *,
-                k: int | None = None, force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Try every combination of ``grid`` (``{"section.key": [values]}``) for ``method``; val split only.
+def tune_on_val(cfg: Config, workspace: Path, grid: dict[str, list[Any]] | list[dict[str, Any]],
+                method: str = "notellm", *, k: int | None = None, force: bool = False,
+                progress: bool = True) -> dict[str, Any]:
+    """Try each setting of ``grid`` for ``method``; val split only.
+
+    ``grid`` is either ``{"section.key": [values]}`` (every combination is tried) or a list of override
+    dicts (each one a trial, e.g. one change at a time against ``{}``, the recipe itself).
 
     The test pairs are never ranked here: each trial embeds the catalogue and ranks the val pairs. Trials
     are cached like the table's methods. Returns the trials (settings, val Recall@k, its standard error)
@@ -705,10 +709,8 @@ def tune_on_val(cfg: Config, workspace: Path, grid: dict[str, list[Any]], method
     if not (pairs["split"] == "val").any():
         raise ConfigError("mining produced no val pairs: raise mining.val_note_fraction")
     digest = data_digest(notes, pairs)
-    keys = list(grid)
     trials = []
-    for values in itertools.product(*(grid[key] for key in keys)):
-        overrides = dict(zip(keys, values))
+    for overrides in _trial_overrides(grid):
         trial_cfg = with_overrides(cfg, overrides)
         slug = _digest(overrides)
         result, _ = _cached_run(method, trial_cfg, notes, pairs, workspace / "tuning" / method / slug, digest,
@@ -720,6 +722,13 @@ def tune_on_val(cfg: Config, workspace: Path, grid: dict[str, list[Any]], method
     summary = {"method": method, "k": k, "best": trials[0]["overrides"], "trials": trials}
     write_json(summary, workspace / "tuning" / method / "tuning.json")
     return summary
+
+
+def _trial_overrides(grid: dict[str, list[Any]] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(grid, dict):
+        keys = list(grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*(grid[key] for key in keys))]
+    return [dict(overrides) for overrides in grid]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -155,3 +155,24 @@ def test_tune_on_val_never_ranks_the_test_pairs(table):
         result = json.loads((ws / "tuning" / "notellm" / trial["dir"] / "result.json").read_text())
         assert list(result["retrieval"]) == ["val"] and "category" not in result
     assert json.loads((ws / "tuning" / "notellm" / "tuning.json").read_text())["best"] == summary["best"]
+    # A list of trials (one change at a time): the cached 1e-2 trial is reused, {} is the recipe itself.
+    cached = {t["dir"]: (ws / "tuning" / "notellm" / t["dir"] / "result.json").stat().st_mtime_ns
+              for t in trials}
+    listed = tune_on_val(cfg, ws, [{}, {"training.projection_lr": 1e-2}], progress=False)
+    assert sorted(map(json.dumps, (t["overrides"] for t in listed["trials"]))) == [
+        "{\"training.projection_lr\": 0.01}", "{}"]
+    reused = next(t for t in listed["trials"] if t["overrides"])
+    assert reused["dir"] == next(t["dir"] for t in trials if t["overrides"]["training.projection_lr"] == 1e-2)
+    assert (ws / "tuning" / "notellm" / reused["dir"] / "result.json").stat().st_mtime_ns == cached[reused["dir"]]
+    assert reused["val_recall_at_100"] == next(t["val_recall_at_100"] for t in trials
+                                               if t["overrides"]["training.projection_lr"] == 1e-2)
+
+
+def test_results_tune_option_rejects_bad_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from notellm.cli import app
+
+    out = CliRunner().invoke(app, ["results", "--workspace", str(tmp_path), "--tune", "{lr: 1}"])
+    assert out.exit_code == 2 and "--tune is not JSON" in out.output
+    assert not any(tmp_path.iterdir())
