@@ -195,7 +195,8 @@ def results(workspace: Path = WORKSPACE / "results", out: Path = Path("docs/resu
     typer.echo(f"wrote {out}")
 
 
-def _print_trials(summary: dict) -> None:
+def _print_trials(summary: dict[str, Any]) -> None:
+    from rich.console import Console
     from rich.table import Table
 
     k = summary["k"]

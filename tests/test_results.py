@@ -10,8 +10,18 @@ import pytest
 
 from notellm.config import Config
 from notellm.errors import ConfigError
-from notellm.results import (ALL_METHODS, CORE_METHODS, METHODS, RECIPE, compare, resolve_methods,
-                             results_config, run_results, tune_on_val, with_overrides)
+from notellm.results import (
+    ALL_METHODS,
+    CORE_METHODS,
+    METHODS,
+    RECIPE,
+    compare,
+    resolve_methods,
+    results_config,
+    run_results,
+    tune_on_val,
+    with_overrides,
+)
 
 SMALL = ["data.dataset=synthetic", "data.synthetic.users=120", "data.synthetic.notes=150",
          "data.synthetic.events=3000", "model.backbone=tiny-random", "model.dim=16", "model.lora_r=4",
