@@ -186,3 +186,19 @@ def test_results_tune_option_rejects_bad_json(tmp_path):
     out = CliRunner().invoke(app, ["results", "--workspace", str(tmp_path), "--tune", "{lr: 1}"])
     assert out.exit_code == 2 and "--tune is not JSON" in out.output
     assert not any(tmp_path.iterdir())
+
+
+def test_results_tune_option_prints_the_trials(tmp_path):
+    from typer.testing import CliRunner
+
+    from notellm.cli import app
+
+    args = ["results", "--workspace", str(tmp_path), "--tune", '[{}, {"training.lr": 0.001}]']
+    for setting in SMALL:
+        args += ["--set", setting]
+    out = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "val Recall@100" in out.output and "(recipe)" in out.output and '{"training.lr": 0.001}' in out.output
+    summary = json.loads((tmp_path / "tuning" / "notellm" / "tuning.json").read_text())
+    assert sorted(t["overrides"].get("training.lr", 0) for t in summary["trials"]) == [0, 0.001]
+    assert not (tmp_path / "methods").exists()  # the table's rows are not touched
