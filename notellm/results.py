@@ -115,18 +115,20 @@ def results_config(config: str | Path | None = None, overrides: Sequence[str] = 
     """The table's configuration: defaults, then :data:`RECIPE`, then the YAML file, then ``overrides``."""
     in_file: set[str] = set()
     if config is not None:
-        in_file = _dotted_keys(load_config(config).model_dump(mode="json", exclude_unset=True))
+        in_file = set(_flat(load_config(config).model_dump(mode="json", exclude_unset=True)))
     recipe = [f"{key}={json.dumps(value)}" for key, value in RECIPE.items() if key not in in_file]
     return load_config(config, [*recipe, *overrides])
 
 
-def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
-    keys: set[str] = set()
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
     for key, value in tree.items():
-        keys.add(prefix + key)
         if isinstance(value, dict):
-            keys |= _dotted_keys(value, f"{prefix}{key}.")
-    return keys
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
@@ -346,7 +348,7 @@ def _cached_run(name: str, cfg: Config, notes: pd.DataFrame, pairs: pd.DataFrame
     Returns ``(result, ran)``. A method directory made with other settings is removed first.
     """
     method = METHODS[name]
-    settings = {"method": name, "overrides": method.overrides, "splits": list(splits), "data": digest,
+    settings = {"method": name, "overrides": method.overrides, "splits": list(splits), "data_digest": digest,
                 **method_settings(method, with_overrides(cfg, method.overrides))}
     key = _digest(settings)
     settings_path, result_path = method_dir / "settings.json", method_dir / "result.json"
@@ -584,8 +586,48 @@ Wall time per method on the machine that ran it (model = build, load or train; e
 """
 
 
+def tuning_section(cfg: Config, workspace: Path, digest: str) -> str:
+    """Markdown of every val trial in ``<workspace>/tuning`` made on the same data (best first per method).
+
+    A trial is shown by what it changed against the table's own settings for that method, so a trial run
+    with a shorter budget reads e.g. ``training.max_steps=80 training.lr=0.001``.
+    """
+    k = cfg.evaluation.gate_k
+    rows = []
+    for settings_path in sorted(Path(workspace).glob("tuning/*/*/settings.json")):
+        result_path = settings_path.with_name("result.json")
+        settings = json.loads(settings_path.read_text())
+        if settings.get("data_digest") != digest or not result_path.is_file() or settings["method"] not in METHODS:
+            continue
+        name = settings["method"]
+        method = METHODS[name]
+        table = _flat(method_settings(method, with_overrides(cfg, method.overrides)))
+        changes = {key: value for key, value in _flat(settings).items()
+                   if key in table and table[key] != value}
+        result = json.loads(result_path.read_text())
+        val = recall(result, "val", [k])
+        rows.append((name, -val["recall"][k], " ".join(f"`{key}={json.dumps(v)}`" for key, v in
+                                                       sorted(changes.items())) or "(the table's recipe)",
+                     _pct(val["recall"][k], val["stderr"][k]), result["seconds"]["total"] / 60))
+    if not rows:
+        return ""
+    lines = [f"| {METHODS[name].label} | {changes} | {recall_text} | {minutes:.1f} |"
+             for name, _, changes, recall_text, minutes in sorted(rows)]
+    return f"""## Tuning on val
+
+Every setting tried on the val split (`notellm results --tune ...`), by what it changes against the table's
+recipe; the test pairs were never ranked for these. Trials with a shorter budget than the table's are
+comparable with each other, not with the table's val column.
+
+| Method | changed settings | val R@{k} (%) | minutes |
+|---|---|---:|---:|
+{chr(10).join(lines)}
+
+"""
+
+
 def write_results_md(cfg: Config, names: list[str], results: dict[str, dict[str, Any]], stats: dict[str, Any],
-                     out_md: Path, command: str) -> dict[str, Any]:
+                     out_md: Path, command: str, tuning: str = "") -> dict[str, Any]:
     """Render the table, the verdict paragraph, the plots (PNG beside ``out_md``) and the settings.
 
     Methods of ``names`` missing from ``results`` show as "not yet run". Returns the verdicts.
@@ -635,7 +677,7 @@ pairs per split: {_counts(stats.get("pairs_per_split", {}))}; notes per split:
 {_table(names, results, ks, k)}
 {_paragraph(cfg, names, results, verdicts, stats, k)}
 
-{_comparison(verdicts, k)}{figures}{_examples(done, results)}{_settings(cfg, names, done, results)}"""
+{_comparison(verdicts, k)}{figures}{_examples(done, results)}{tuning}{_settings(cfg, names, done, results)}"""
     with atomic_path(out_md) as tmp:
         tmp.write_text(md)
     return verdicts
@@ -668,12 +710,13 @@ def run_results(cfg: Config, workspace: Path, methods: list[str] | None = None,
     results: dict[str, dict[str, Any]] = {}
     ran: list[str] = []
     cached: list[str] = []
-    verdicts = write_results_md(cfg, names, results, stats, out_md, command)
+    tuning = tuning_section(cfg, workspace, digest)
+    verdicts = write_results_md(cfg, names, results, stats, out_md, command, tuning)
     for name in names:
         results[name], fresh = _cached_run(name, cfg, notes, pairs, workspace / "methods" / name, digest,
                                            splits=("test", "val"), force=force, progress=progress)
         (ran if fresh else cached).append(name)
-        verdicts = write_results_md(cfg, names, results, stats, out_md, command)
+        verdicts = write_results_md(cfg, names, results, stats, out_md, command, tuning)
     ks = sorted(set(cfg.evaluation.ks))
     table = {n: {"retrieval": recall(results[n], "test", ks),
                  **{p: results[n][p] for p in ("category", "hashtags") if p in results[n]}} for n in names}

@@ -15,11 +15,15 @@ from notellm.results import (
     CORE_METHODS,
     METHODS,
     RECIPE,
+    _cached_run,
     compare,
+    data_digest,
+    prepare,
     resolve_methods,
     results_config,
     run_results,
     tune_on_val,
+    tuning_section,
     with_overrides,
 )
 
@@ -151,6 +155,15 @@ def test_table_resumes_and_reruns_only_what_changed(table):
     forced = run_results(longer, ws, ["zero-shot"], ws / "docs" / "results.md", force=True, progress=False)
     assert forced["ran"] == ["zero-shot"]
 
+    # The same settings over other data (a user's files changed in place) rerun too.
+    notes, pairs, _ = prepare(longer, ws)
+    digest = data_digest(notes, pairs)
+    assert not _cached_run("zero-shot", longer, notes, pairs, ws / "methods" / "zero-shot", digest,
+                           splits=("test", "val"), force=False, progress=False)[1]
+    assert _cached_run("zero-shot", longer, notes, pairs.iloc[1:], ws / "methods" / "zero-shot",
+                       data_digest(notes, pairs.iloc[1:]), splits=("test", "val"), force=False,
+                       progress=False)[1]
+
 
 @pytest.mark.slow
 def test_tune_on_val_never_ranks_the_test_pairs(table):
@@ -174,6 +187,10 @@ def test_tune_on_val_never_ranks_the_test_pairs(table):
     reused = next(t for t in listed["trials"] if t["overrides"])
     assert reused["dir"] == next(t["dir"] for t in trials if t["overrides"]["training.projection_lr"] == 1e-2)
     assert (ws / "tuning" / "notellm" / reused["dir"] / "result.json").stat().st_mtime_ns == cached[reused["dir"]]
+    section = tuning_section(table[1], ws, data_digest(*prepare(cfg, ws)[:2]))
+    assert "## Tuning on val" in section and section.count("| NoteLLM |") == 3  # 1e-3, 1e-2 and {} (= 1e-3)
+    assert "`training.max_steps=1` `training.projection_lr=0.01` |" in section
+    assert tuning_section(table[1], ws, "other data") == ""
     assert reused["val_recall_at_100"] == next(t["val_recall_at_100"] for t in trials
                                                if t["overrides"]["training.projection_lr"] == 1e-2)
 
