@@ -150,17 +150,20 @@ def embed(cfg: Config, model_dir: Path, notes_dir: Path, out_dir: Path) -> dict[
 
 
 def _baseline_vectors(cfg: Config, name: str, notes: pd.DataFrame, train_pairs: pd.DataFrame) -> Any:
-    """Vectors of every note under an untrained or cheap baseline (all in the notes' order)."""
-    if name in ("zero-shot", "prompteol"):
+    """Vectors of every note under an untrained or cheap baseline (the results table's setting of ``name``)."""
+    from notellm.results import METHODS, with_overrides
+
+    method = METHODS[name]
+    if method.encoder == "llm":
         from notellm.model import build_model, embed_notes
 
-        prompt = cfg.prompt.model_copy(update={"kind": "notellm" if name == "zero-shot" else "prompteol"})
-        model = build_model(cfg.model.model_copy(update={"dim": None}), prompt, seed=cfg.training.seed)
+        base = with_overrides(cfg, method.overrides)
+        model = build_model(base.model, base.prompt, seed=cfg.training.seed)
         return embed_notes(model, notes, cfg.evaluation.batch_size, bf16=cfg.embedding.bf16)
     from notellm.evaluation.minilm import finetune_minilm, minilm_embed
 
     model = None
-    if name == "minilm-ft":
+    if method.trained:
         model = finetune_minilm(notes, train_pairs, epochs=cfg.evaluation.minilm_epochs,
                                 seed=cfg.training.seed)
     return minilm_embed(notes, model, cfg.evaluation.batch_size)

@@ -219,3 +219,16 @@ def test_results_tune_option_prints_the_trials(tmp_path):
     summary = json.loads((tmp_path / "tuning" / "notellm" / "tuning.json").read_text())
     assert sorted(t["overrides"].get("training.lr", 0) for t in summary["trials"]) == [0, 0.001]
     assert not (tmp_path / "methods").exists()  # the table's rows are not touched
+
+
+@pytest.mark.slow
+def test_pipeline_baselines_are_the_tables_settings(table):
+    from notellm.steps import _baseline_vectors
+
+    ws, cfg, _ = table
+    notes, pairs, _ = prepare(cfg, ws)
+    notes = notes.head(6)
+    zero_shot = np.asarray(_baseline_vectors(cfg, "zero-shot", notes, pairs))
+    prompteol = np.asarray(_baseline_vectors(cfg, "prompteol", notes, pairs))
+    assert zero_shot.shape == prompteol.shape == (6, 64)  # untrained rows: the raw hidden state, not model.dim
+    assert not np.allclose(zero_shot, prompteol)  # the two prompts pool different tokens
