@@ -102,9 +102,10 @@ BUDGET = ("Expected time on 2 otherwise idle CPU cores (from the rates in the co
           "`--methods all` (two more trained rows). Other work on the machine makes it proportionally "
           "longer; an interrupted run continues where it stopped.\n\n")
 TUNING = ("Recipe choices (steps, learning rates of the projection and tau, batch size, bf16, prompt "
-          "settings) may be tuned on the val split only: `notellm.results.tune_on_val(cfg, workspace, "
-          "{\"training.tau_lr\": [1e-3, 1e-2]})` trains each setting and ranks the val pairs, never the test "
-          "pairs; the table shows val R@100 beside the test numbers.\n")
+          "settings) may be tuned on the val split only: `notellm results --tune '[{}, {\"training.lr\": "
+          "0.001}]'` (or `notellm.results.tune_on_val`) trains each setting and ranks the val pairs, never the "
+          "test pairs; the table shows val R@100 beside the test numbers, and the trials are listed under "
+          "Tuning on val.\n")
 # Fields that change how a run goes, never its result: left out of a method's settings digest.
 _RUN_FIELDS = {"training": {"threads", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume",
                             "log_every", "val_every", "val_max_pairs", "val_k", "model_version"},
