@@ -106,11 +106,11 @@ def bare_training(notes: pd.DataFrame, pairs: pd.DataFrame, args: argparse.Names
     """Forward + backward + AdamW step of the LoRA-wrapped decoder on the trainer's batches."""
     from notellm.model import build_model
     from notellm.model.encoder import pool_positions
-    from notellm.model.training import _apply_finetuning  # the trainer's own LoRA set-up: the same model
+    from notellm.model.training import apply_finetuning  # the trainer's own LoRA set-up: the same model
 
     model_cfg, prompt_cfg, train_cfg = configs(args, bf16, False, args.warmup + args.steps)
     model = build_model(model_cfg, prompt_cfg, seed=0)
-    _apply_finetuning(model, model_cfg)
+    apply_finetuning(model, model_cfg)
     batches = trainer_batches(model, notes, pairs, args)
     decoder = model.encoder.backbone.get_decoder()
     model.encoder.train()

@@ -104,11 +104,11 @@ def test_literal_emb_text_does_not_move_the_pooled_vector(model):
 
 
 def test_shared_prefix_changes_nothing_but_the_work():
-    from notellm.model.training import _apply_finetuning
+    from notellm.model.training import apply_finetuning
 
     model = build_model(ModelConfig(backbone="tiny-random", dim=16, lora_dropout=0.0),
                         PromptConfig(hashtag_task_share=0.5))
-    _apply_finetuning(model, model.model_cfg)
+    apply_finetuning(model, model.model_cfg)
     notes = [Note(f"n{i}", f"title {i} " * (i % 4 + 1), "content " * i, ("a", "b", "c"), "a")
              for i in range(8)]
     examples = [model.prompter.training_example(n) for n in notes]

@@ -69,7 +69,8 @@ def _pairs(pairs: pd.DataFrame, split: str, notes: dict[str, Note]) -> np.ndarra
     return table[["note_id_a", "note_id_b"]].to_numpy(dtype=object)
 
 
-def _apply_finetuning(model: NoteLLM, cfg: ModelConfig) -> None:
+def apply_finetuning(model: NoteLLM, cfg: ModelConfig) -> None:
+    """Make the model trainable as ``cfg`` says: LoRA adapters (and the [EMB] row), or the full backbone."""
     backbone = model.encoder.backbone
     if cfg.finetune == "lora":
         tokens = {"embed_tokens": [model.encoder.emb_token_id]} if cfg.train_emb_token else None
@@ -159,7 +160,7 @@ def train_model(notes: pd.DataFrame, pairs: pd.DataFrame, model_cfg: ModelConfig
 
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, prompt_cfg, seed=train_cfg.seed)
-    _apply_finetuning(model, model_cfg)
+    apply_finetuning(model, model_cfg)
     encoder = model.encoder.to(ctx.device).train()
     torch.manual_seed(train_cfg.seed + 1 + ctx.rank)  # dropout streams differ per rank
     optimizer, scheduler = _optimizer(model, train_cfg, total)
