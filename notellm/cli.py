@@ -169,8 +169,9 @@ def results(workspace: Path = WORKSPACE / "results", out: Path = Path("docs/resu
                                help="Rows to run (default: the core rows; 'all': every row).")] = None,
             force: Annotated[bool, typer.Option(help="Re-run rows already cached.")] = False,
             tune: Annotated[str | None, typer.Option(
-                help="Tune the recipe on the val split instead: JSON, either {\"section.key\": [values]} "
-                     "(every combination) or a list of override objects (one trial each).")] = None,
+                help="Tune the recipe on the val split instead: JSON, either {\"section.key\": a list of "
+                     "values} (every combination) or a list of override objects (one trial each); tunes "
+                     "NoteLLM, or the one row given with --method.")] = None,
             config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Reproduce the paper's results table on MovieLens-100k (resumable; rows cached in the workspace)."""
     import shlex
@@ -185,6 +186,8 @@ def results(workspace: Path = WORKSPACE / "results", out: Path = Path("docs/resu
                 grid = json.loads(tune)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"--tune is not JSON: {exc}") from None
+            if methods and len(methods) > 1:
+                raise ConfigError(f"--tune tunes one row at a time, not {methods}")
             method = methods[0] if methods else "notellm"
             summary = tune_on_val(cfg, workspace, grid, method, force=force)
             _print_trials(summary)

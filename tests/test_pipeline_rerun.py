@@ -1,10 +1,11 @@
 """The same local pipeline run twice in one workspace (kfp.local): same artifacts, no duplicated data.
 
-Both runs have kfp.local's task cache on: the second takes ``make-config`` from the cache (the only task whose
-key can hit, see ``run_local``), executes every other task again and must reproduce the first one's content: notes and pairs tables, model weights, embeddings, metrics. Only the
-model version differs (it carries the training time). No baselines are evaluated, so the first run's gate
-compares with nothing and the second's with the serving model: equal recall passes (min_gain 0), deploy and
-index run again. After each run Milvus serves each note once and the Feast stores hold each note once.
+Both runs have kfp.local's task cache on: the second takes ``make-config`` from the cache (the only task
+whose key can hit, see ``run_local``), executes every other task again and must reproduce the first one's
+content: notes and pairs tables, model weights, embeddings, metrics. Only the model version differs (it
+carries the training time). No baselines are evaluated, so the first run's gate compares with nothing and
+the second's with the serving model: equal recall passes (min_gain 0), deploy and index run again. After
+each run Milvus serves each note once and the Feast stores hold each note once.
 """
 
 from __future__ import annotations

@@ -202,6 +202,9 @@ def test_results_tune_option_rejects_bad_json(tmp_path):
 
     out = CliRunner().invoke(app, ["results", "--workspace", str(tmp_path), "--tune", "{lr: 1}"])
     assert out.exit_code == 2 and "--tune is not JSON" in out.output
+    two = CliRunner().invoke(app, ["results", "--workspace", str(tmp_path), "--tune", "[{}]", "-m", "notellm",
+                                   "-m", "repllama"])
+    assert two.exit_code == 2 and "one row at a time" in two.output
     assert not any(tmp_path.iterdir())
 
 
