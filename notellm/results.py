@@ -93,9 +93,9 @@ RECIPE: dict[str, Any] = {
     "model.lora_dropout": 0.0,
     "training.max_steps": 250,
     "training.batch_pairs": 16,
-    "training.bf16": "on",
+    "training.bf16": "auto",
     "training.checkpoint_every": 50,
-    "embedding.bf16": "on",
+    "embedding.bf16": "auto",
 }
 BUDGET = ("Expected time on 2 otherwise idle CPU cores (from the rates in the comment on `RECIPE` in "
           "`notellm/results.py`): about 85 minutes for the default (core) rows, about 135 minutes with "

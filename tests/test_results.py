@@ -59,7 +59,7 @@ def test_resolve_methods():
 
 def test_results_config_layers_recipe_file_and_overrides(tmp_path):
     cfg = results_config()
-    assert cfg.training.max_steps == RECIPE["training.max_steps"] and cfg.training.bf16 == "on"
+    assert cfg.training.max_steps == RECIPE["training.max_steps"] and cfg.training.bf16 == "auto"
     assert results_config(overrides=["training.max_steps=7"]).training.max_steps == 7
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  max_steps: 5\n  lr: 0.001\n")

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 
 from notellm.model.prompt import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+# Measured (docs/benchmarks.md): on an AVX2-only CPU one 16-pair training step of ~170-token prompts had not
+# finished after 7.5 min in bf16 (emulated, a naive GEMM) against 49 s in float32.
+EMULATED_BF16 = ("bf16 is set to 'on' but this CPU has no AVX512-BF16 or AMX, so bf16 matrix products are "
+                 "emulated: measured here, one 16-pair training step (~170-token prompts) took over 7.5 min "
+                 "in bf16 against 49 s in float32. Use 'auto' (float32 on this CPU) or 'off'.")
+_warned = False
 
 
 def default_device() -> torch.device:
@@ -22,11 +31,16 @@ def cpu_has_native_bf16() -> bool:
 def use_bf16(setting: str, device: torch.device, *, training: bool = False) -> bool:
     """'on', 'off', or 'auto': on for a CUDA device that supports bf16; on the CPU, on for training where
     the CPU computes bf16 in hardware (AVX512-BF16 or AMX), off for embedding, so that a note's vector does
-    not depend on the batch it was embedded in (bf16 rounding does). Weights stay float32 either way."""
+    not depend on the batch it was embedded in (bf16 rounding does). Weights stay float32 either way.
+    'on' on a CPU without native bf16 is honoured, with one warning (once per process) of what it costs."""
+    global _warned
     if setting == "auto":
         if device.type == "cuda":
             return torch.cuda.is_bf16_supported()
         return training and device.type == "cpu" and cpu_has_native_bf16()
+    if setting == "on" and device.type == "cpu" and not _warned and not cpu_has_native_bf16():
+        log.warning(EMULATED_BF16)
+        _warned = True
     return setting == "on"
 
 
