@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from notellm.errors import DataError
-from notellm.evaluation.minilm import finetune_minilm, load_minilm, minilm_embed, note_text, pair_batches
+from notellm.evaluation.minilm import finetune_minilm, load_minilm, minilm_embed, note_text
+from notellm.model.batches import distinct_batches
 from notellm.evaluation.retrieval import recall_at_k
 
 
@@ -20,7 +21,7 @@ def test_note_text_joins_title_content_hashtags():
 def test_pair_batches_have_no_repeated_note():
     a = ["x", "x", "x", "y", "z", "w"]
     b = ["p", "q", "r", "s", "t", "u"]
-    batches = pair_batches(a, b, 3, np.random.default_rng(0))
+    batches = distinct_batches(a, b, 3, np.random.default_rng(0))
     for batch in batches:
         notes = [a[i] for i in batch] + [b[i] for i in batch]
         assert len(set(notes)) == len(notes) and 2 <= len(batch) <= 3

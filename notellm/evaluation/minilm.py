@@ -17,6 +17,7 @@ import pandas as pd
 from notellm.contracts import check_references
 from notellm.errors import DataError
 from notellm.io import atomic_dir
+from notellm.model.batches import distinct_batches
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -56,32 +57,6 @@ def minilm_embed(notes: pd.DataFrame | Sequence[str], model: SentenceTransformer
     return np.asarray(vectors, dtype=np.float32)
 
 
-def pair_batches(a: Sequence[str], b: Sequence[str], batch_size: int,
-                 rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches of pair indices in which no note appears twice (an in-batch duplicate would be a
-    false negative). Pairs that clash are deferred to later batches; batches of one pair (no negatives)
-    are dropped."""
-    remaining = list(rng.permutation(len(a)))
-    batches = []
-    while remaining:
-        batch: list[int] = []
-        seen: set[str] = set()
-        deferred: list[int] = []
-        for pos, i in enumerate(remaining):
-            if len(batch) == batch_size:
-                deferred.extend(remaining[pos:])
-                break
-            if a[i] in seen or b[i] in seen:
-                deferred.append(i)
-            else:
-                batch.append(i)
-                seen.update((a[i], b[i]))
-        if len(batch) > 1:
-            batches.append(np.array(batch))
-        remaining = deferred
-    return batches
-
-
 def finetune_minilm(notes: pd.DataFrame, train_pairs: pd.DataFrame, epochs: int = 1, batch_size: int = 32,
                     lr: float = 2e-5, seed: int = 0, out_dir: str | Path | None = None, *,
                     model: SentenceTransformer | None = None, warmup_ratio: float = 0.1,
@@ -110,7 +85,7 @@ def finetune_minilm(notes: pd.DataFrame, train_pairs: pd.DataFrame, epochs: int 
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    schedule = [batch for _ in range(epochs) for batch in pair_batches(a, b, batch_size, rng)]
+    schedule = [batch for _ in range(epochs) for batch in distinct_batches(a, b, batch_size, rng)]
     if not schedule:
         raise DataError("no batch of at least two distinct training pairs to learn from")
     model = model or load_minilm()

@@ -2,7 +2,8 @@
 
 Under ``torchrun`` (WORLD_SIZE > 1) each rank takes its own slice of every global batch and the
 contrastive loss sees the embeddings of all ranks. Rank 0 writes checkpoints and the model directory.
-The data order is a function of (seed, epoch), so a checkpoint only needs the step to resume.
+Batches hold distinct notes (:mod:`notellm.model.batches`); their order is a function of (seed, epoch), so
+a checkpoint only needs the step to resume.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from transformers import get_scheduler
 from notellm.contracts import PAIRS, check_references, validate
 from notellm.errors import ConfigError, DataError
 from notellm.io import atomic_dir, write_json
+from notellm.model.batches import epoch_batches
 from notellm.model.bundle import NoteLLM, build_model
 from notellm.model.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from notellm.model.curve import plot_curve, summarize
@@ -110,6 +112,22 @@ def _fingerprint(model_cfg: ModelConfig, prompt_cfg: PromptConfig, train_cfg: Tr
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _schedule(pairs: np.ndarray, cfg: TrainingConfig, batch_pairs: int,
+              world: int) -> list[tuple[int, np.ndarray]]:
+    """(epoch, pair indices of the global batch) for every step; stops once ``max_steps`` are planned."""
+    schedule: list[tuple[int, np.ndarray]] = []
+    for epoch in range(cfg.epochs):
+        schedule += [(epoch, batch) for batch in epoch_batches(pairs, batch_pairs, world, cfg.seed, epoch)]
+        if cfg.max_steps and len(schedule) >= cfg.max_steps:
+            break
+    return schedule
+
+
+def epoch_steps(schedule: list[tuple[int, np.ndarray]]) -> int:
+    """Steps in the first epoch of a schedule (a full epoch when the schedule reaches the second)."""
+    return sum(1 for epoch, _ in schedule if epoch == 0)
+
+
 def _recall_at_k(model: NoteLLM, pairs: np.ndarray, notes: dict[str, Note], k: int, batch_size: int) -> float:
     """Recall@k of the val pairs: query a, target b, ranked among all notes of those pairs but a."""
     pool = list(dict.fromkeys([*pairs[:, 0], *pairs[:, 1]]))
@@ -151,12 +169,16 @@ def train_model(notes: pd.DataFrame, pairs: pd.DataFrame, model_cfg: ModelConfig
 
     ctx = _init_distributed()
     set_threads(train_cfg.threads)
-    per_step = train_cfg.batch_pairs * ctx.world
-    if len(train_pairs) < per_step and ctx.world > 1:
-        raise DataError(f"{len(train_pairs)} training pairs are fewer than one global batch ({per_step})")
-    steps_per_epoch = max(1, len(train_pairs) // per_step)
-    total = steps_per_epoch * train_cfg.epochs
-    total = min(total, train_cfg.max_steps) if train_cfg.max_steps else total
+    batch_pairs = train_cfg.batch_pairs
+    if len(train_pairs) < batch_pairs * ctx.world and ctx.world > 1:
+        raise DataError(f"{len(train_pairs)} training pairs are fewer than one global batch "
+                        f"({batch_pairs * ctx.world})")
+    per_step = batch_pairs * ctx.world
+    schedule = _schedule(train_pairs, train_cfg, batch_pairs, ctx.world)
+    if not schedule:
+        raise DataError(f"no batch of {'%d' % per_step if ctx.world > 1 else 'two or more'} training pairs "
+                        "with distinct notes can be formed")
+    total = min(len(schedule), train_cfg.max_steps) if train_cfg.max_steps else len(schedule)
 
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, prompt_cfg, seed=train_cfg.seed)
@@ -185,16 +207,12 @@ def train_model(notes: pd.DataFrame, pairs: pd.DataFrame, model_cfg: ModelConfig
     bf16 = use_bf16(train_cfg.bf16, ctx.device, training=True)
     with_output = train_cfg.alpha > 0 and prompt_cfg.kind == "notellm"
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    order, order_epoch = np.arange(0), -1
     began = time.perf_counter()
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress or ctx.rank != 0)
     for step in range(start, total):
-        epoch, position = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order = np.random.default_rng([train_cfg.seed, epoch]).permutation(len(train_pairs))
-            order_epoch = epoch
-        lo = position * per_step + ctx.rank * train_cfg.batch_pairs
-        chosen = train_pairs[order[lo:lo + train_cfg.batch_pairs]]
+        epoch, batch_index = schedule[step]
+        lo = ctx.rank * batch_pairs
+        chosen = train_pairs[batch_index[lo:lo + batch_pairs]]
         examples = [model.prompter.training_example(by_id[nid], salt=epoch, with_output=with_output)
                     for nid in [*chosen[:, 0], *chosen[:, 1]]]
         batch = make_batch([e.input_ids for e in examples], model.tokenizer.pad_token_id, device=ctx.device,
@@ -221,7 +239,7 @@ def train_model(notes: pd.DataFrame, pairs: pd.DataFrame, model_cfg: ModelConfig
             row["csft"] = out.csft_loss.item()
         if ctx.rank == 0 and len(val_pairs) and (done % train_cfg.val_every == 0 or done == total):
             row["val_recall"] = _recall_at_k(model, val_pairs, by_id, train_cfg.val_k,
-                                             2 * train_cfg.batch_pairs)
+                                             2 * batch_pairs)
         if done % train_cfg.log_every == 0 or done == total or "val_recall" in row:
             curve.append(row)
         bar.update(1)
@@ -233,6 +251,7 @@ def train_model(notes: pd.DataFrame, pairs: pd.DataFrame, model_cfg: ModelConfig
     bar.close()
     seconds = time.perf_counter() - began
     metrics = {"steps": total, "steps_this_run": total - start, "train_pairs": len(train_pairs),
+               "pairs_seen": int(sum(len(b) for _, b in schedule[:total])), "epoch_steps": epoch_steps(schedule),
                "val_pairs": len(val_pairs), "world_size": ctx.world, **summarize(curve),
                "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / (total - start), 3),
                "notes_per_s": round(2 * per_step * (total - start) / seconds, 2)}
