@@ -11,6 +11,12 @@ The request parameter ``generate`` (a list, or a comma-separated string over gRP
 ``category`` (``[n]``) and ``hashtags`` (``[n]``, each a JSON list). The response parameter ``model_version``
 names the model (kserve's REST client drops the response's own model_version field).
 
+OpenAI embeddings API: ``POST /openai/v1/embeddings`` with ``{"model": <name>, "input": str | [str]}``
+(:mod:`notellm.openai_embeddings`: a string is read as a v1 text instance, so it gets the same vector;
+``encoding_format: "base64"`` too). KServe 0.21's own OpenAI support imports its types from vLLM
+(``kserve[llm]`` pins vllm 0.24, which pins another torch), so :func:`serving.local.run_server` routes the
+path to :meth:`NoteEmbedder.create_embedding`, named after kserve's ``OpenAIEncoderModel.create_embedding``.
+
 Concurrent requests share forward passes (:class:`notellm.batching.MicroBatcher`). Bad input is a 400
 (gRPC INVALID_ARGUMENT) naming the field.
 
@@ -101,6 +107,17 @@ class NoteEmbedder(kserve.Model):
         return [{task: row[task] for task in tasks} for row in frame.to_dict("records")]
 
     # --- the protocols ------------------------------------------------------------------------------
+
+    async def create_embedding(self, payload: Any) -> dict[str, Any]:
+        """OpenAI's embeddings answer for a request body (a parsed JSON value); an
+        :class:`notellm.openai_embeddings.OpenAIRequestError` for a bad one."""
+        from notellm import openai_embeddings as oai
+
+        notes, fmt = oai.parse_request(payload, self.name, self.model.dim, self.serving.max_request_notes,
+                                       self.serving.max_note_chars)
+        vectors, _ = await self.embed(notes)
+        tokens = sum(len(self.model.prompter.embedding_ids(note)) for note in self._notes(notes))
+        return oai.response(vectors, self.name, tokens, fmt)
 
     @staticmethod
     def _tasks(value: Any, where: str) -> tuple[str, ...]:

@@ -7,12 +7,17 @@ its ``RESTServer`` application and ``GRPCServer``) and binds them to ``host``: l
 ``serving.recommender`` mains). It also answers errors its own way, ``{"error": message}`` with no exception
 class names or stack traces: bad input 400 (a body that is not a v2 request 422), unknown model or note 404,
 a backend down 503, anything else 500 "internal error" (logged with its traceback).
+
+It also routes OpenAI's ``POST /openai/v1/embeddings`` to the models that implement ``create_embedding``
+(kserve 0.21 registers its own ``/openai/v1`` routes only when vLLM is installed: see serving.embedder);
+errors there take OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import subprocess
 import time
@@ -110,6 +115,37 @@ class InternalErrors:
                 scope, receive, send)
 
 
+OPENAI_EMBEDDINGS = "/openai/v1/embeddings"
+
+
+def _register_openai(app: Any, models: Sequence[Any]) -> None:
+    """``POST /openai/v1/embeddings`` on ``app`` for the models with a ``create_embedding`` method."""
+    embedders = {m.name: m for m in models if hasattr(m, "create_embedding")}
+    if not embedders:
+        return
+    from fastapi.responses import JSONResponse
+    from starlette.requests import Request
+
+    from notellm.note_requests import RequestError
+    from notellm.openai_embeddings import OpenAIRequestError, error_body
+
+    async def embeddings(request: Request) -> JSONResponse:
+        try:
+            try:
+                payload = json.loads(await request.body())
+            except (ValueError, RecursionError) as exc:
+                raise OpenAIRequestError(f"the body is not valid JSON ({exc})") from exc
+            name = payload.get("model") if isinstance(payload, dict) else None
+            model = embedders.get(name) if isinstance(name, str) else None
+            return JSONResponse(await (model or next(iter(embedders.values()))).create_embedding(payload))
+        except RequestError as exc:
+            status, body = error_body(exc)
+            log.warning("answered %d: %s", status, exc)
+            return JSONResponse(status_code=status, content=body)
+
+    app.add_route(OPENAI_EMBEDDINGS, embeddings, methods=["POST"])  # a plain Starlette route: no body model
+
+
 def _grpc_server(host: str, port: int, dataplane: Any, extension: Any, options: dict[str, Any]) -> Any:
     """kserve's GRPCServer, bound to ``host`` (its own start() binds [::])."""
     from grpc import aio
@@ -167,6 +203,7 @@ def run_server(models: Sequence[Any], *, host: str, http_port: int, grpc_port: i
                       event_loop=options["event_loop"], timeout_keep_alive=options["timeout_keep_alive"])
     rest.config.host = host  # kserve hard-codes 0.0.0.0
     rest.create_application()
+    _register_openai(app, models)
     for exc_class, handler in _error_handlers().items():
         app.add_exception_handler(exc_class, handler)
     app.add_middleware(InternalErrors)
