@@ -36,7 +36,8 @@ class DataConfig(Section):
     synthetic: SyntheticConfig = SyntheticConfig()
     notes_path: Path | None = Field(None, description="files: the user's notes (parquet, jsonl or csv)")
     events_path: Path | None = Field(None, description="files: the user's events")
-    pairs_path: Path | None = Field(None, description="files: ready pairs (then mining is skipped)")
+    pairs_path: Path | None = Field(
+        None, description="files: ready pairs: note_id_a, note_id_b[, score][, split] (mining is then skipped)")
 
     @model_validator(mode="after")
     def _files_need_paths(self) -> DataConfig:
@@ -62,6 +63,9 @@ class MiningConfig(Section):
     test_note_fraction: float = Field(0.1, ge=0, lt=1, description="notes held out for the test pool")
     val_note_fraction: float = Field(0.05, ge=0, lt=1, description="notes held out for validation")
     seed: int = 0
+    ready_pairs_directed: bool = Field(
+        False, description="ready pairs: false (links are undirected) adds b->a for every link a-b; "
+                           "true keeps each pair a->b as given")
 
     @model_validator(mode="after")
     def _check(self) -> MiningConfig:

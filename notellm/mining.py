@@ -16,6 +16,10 @@ How: events are read with arrow and given dense integer ids (notes in string ord
 user and time, one array step per window offset; DuckDB then keeps one candidate per (user, pair)
 (only where the user has a repeated note: elsewhere a pair cannot repeat), sums ``1 / N_u`` per
 pair, applies the thresholds and keeps the top t per note, all on integer keys.
+
+Ready pairs (a user's links, ``data.pairs_path``) skip the scoring: :func:`ready_pairs` orients them
+(``mining.ready_pairs_directed``) and either validates their split (:func:`check_split`) or assigns one with
+:func:`split_pairs`, the same held-out-notes rule as mined pairs.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from notellm.config import MiningConfig
-from notellm.contracts import (CONTRACTS, EVENTS, NOTES, PAIRS, SPLITS, check_references, read_table,
-                               validate, write_table)
+from notellm.contracts import (CONTRACTS, EVENTS, NOTES, PAIRS, SPLITS, check_references, read_frame,
+                               read_table, validate, write_table)
 from notellm.errors import DataError
 from notellm.io import write_json
 
@@ -243,6 +247,77 @@ def mine_pairs(events: pd.DataFrame | str | Path, cfg: MiningConfig, *,
                          "score": np.asarray(score, dtype=np.float64)})
 
 
+def read_ready_pairs(path: str | Path) -> pd.DataFrame:
+    """A user's ready pairs: ``note_id_a``, ``note_id_b``, optional ``score`` (1.0 when absent) and optional
+    ``split`` (kept only when the file has one), validated; rows stay in file order.
+
+    A note paired with itself is a DataError naming the file, row and column.
+    """
+    frame = read_frame(path)
+    has_split = "split" in frame.columns
+    if "score" not in frame.columns:
+        frame = frame.assign(score=1.0)
+    pairs = validate(frame if has_split else frame.assign(split="train"), PAIRS, file=path)
+    self_links = (pairs["note_id_a"] == pairs["note_id_b"]).to_numpy()
+    if self_links.any():
+        row = int(np.flatnonzero(self_links)[0])
+        raise DataError(f"note {pairs['note_id_a'].iloc[row]!r} paired with itself", file=path, row=row,
+                        column="note_id_b")
+    return pairs if has_split else pairs.drop(columns="split")
+
+
+def check_split(pairs: pd.DataFrame, file: str | Path | None = None) -> None:
+    """Raise a DataError unless every val and test pair holds a note that no training pair touches.
+
+    That note is the pair's held-out note (as in :func:`split_pairs`): a pair whose two notes both occur in
+    training pairs leaks, and the error names its row and a training row of each note.
+    """
+    train = (pairs["split"] == "train").to_numpy()
+    a, b = pairs["note_id_a"].to_numpy(dtype=object), pairs["note_id_b"].to_numpy(dtype=object)
+    first_train_row: dict[str, int] = {}
+    for row in np.flatnonzero(train)[::-1]:  # reversed: the earliest row wins
+        first_train_row[a[row]] = first_train_row[b[row]] = int(row)
+    seen = pd.Index(list(first_train_row))
+    bad = ~train & pd.Series(a).isin(seen).to_numpy() & pd.Series(b).isin(seen).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        split = pairs["split"].iloc[row]
+        raise DataError(
+            f"{split} pair ({a[row]!r}, {b[row]!r}) leaks: both notes are in training pairs (rows "
+            f"{first_train_row[a[row]]} and {first_train_row[b[row]]}); every {split} pair needs a note that "
+            "no training pair touches. Fix the split, or leave out the split column and the platform assigns "
+            "a leakage-free one", file=file, row=row, column="split")
+
+
+def ready_pairs(pairs: pd.DataFrame, cfg: MiningConfig, file: str | Path | None = None) -> pd.DataFrame:
+    """Ready pairs in contract form: validated or assigned split, oriented, one row per (a, b).
+
+    ``pairs`` is :func:`read_ready_pairs`' frame. With a ``split`` it is checked (:func:`check_split`),
+    else :func:`split_pairs` assigns one. Unless ``cfg.ready_pairs_directed``, every link a-b also gives
+    b->a (same score and split). The same (a, b) given twice is kept once (the first); given with two
+    different splits it is a DataError naming the second row. Sorted like mined pairs.
+    """
+    given = pairs.assign(row=np.arange(len(pairs)))
+    if "split" in given.columns:
+        check_split(given, file)
+    if not cfg.ready_pairs_directed:
+        given = pd.concat([given, given.rename(columns={"note_id_a": "note_id_b", "note_id_b": "note_id_a"})],
+                          ignore_index=True)
+    given = given.sort_values("row", kind="stable")
+    if "split" in given.columns:
+        first = given.groupby(["note_id_a", "note_id_b"], sort=False)["split"].transform("first")
+        conflict = given.loc[(given["split"] != first).to_numpy(), "row"]
+        if len(conflict):
+            row = int(conflict.min())
+            raise DataError("this pair (or its reverse, for undirected links) is given in an earlier row with "
+                            "another split", file=file, row=row, column="split")
+    out = given.drop_duplicates(["note_id_a", "note_id_b"], keep="first").drop(columns="row")
+    if "split" not in out.columns:
+        out = split_pairs(out, cfg)
+    out = out.sort_values(["note_id_a", "score", "note_id_b"], ascending=[True, False, True], kind="stable")
+    return out.reset_index(drop=True)[["note_id_a", "note_id_b", "score", "split"]]
+
+
 def split_pairs(pairs: pd.DataFrame, cfg: MiningConfig) -> pd.DataFrame:
     """Add ``split``: a pair touching a held-out test note is ``test``, else one touching a validation
     note ``val``, else ``train``.
@@ -328,13 +403,21 @@ def validate_events_file(events_path: Path, notes_path: Path) -> None:
 def run_mining(data_dir: Path, out_dir: Path, cfg: MiningConfig) -> dict[str, Any]:
     """Mine and split pairs from ``data_dir/{notes,events}.parquet`` into ``out_dir``; return the stats.
 
+    When ``data_dir`` holds ready pairs (``pairs.parquet``, written by the ``files`` dataset) they are used
+    instead of mining (:func:`ready_pairs`); the events, if any, are still validated.
     Writes ``pairs.parquet`` and ``pair_stats.json`` atomically; the same inputs give the same outputs.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    events_path = data_dir / "events.parquet"
+    events_path, ready_path = data_dir / "events.parquet", data_dir / "pairs.parquet"
     validate_events_file(events_path, data_dir / "notes.parquet")
-    pairs = split_pairs(mine_pairs(events_path, cfg), cfg)
-    stats = pair_stats(pairs)
+    if ready_path.is_file():
+        given = read_ready_pairs(ready_path)
+        note_ids = read_table(data_dir / "notes.parquet", NOTES)["note_id"]
+        check_references(given, ["note_id_a", "note_id_b"], note_ids, file=ready_path, what="pair")
+        pairs = ready_pairs(given, cfg, ready_path)
+    else:
+        pairs = split_pairs(mine_pairs(events_path, cfg), cfg)
+    stats = {"source": "ready pairs" if ready_path.is_file() else "mined", **pair_stats(pairs)}
     write_table(pairs, out_dir / "pairs.parquet", PAIRS)
     write_json(stats, out_dir / "pair_stats.json")
     return stats

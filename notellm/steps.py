@@ -50,7 +50,7 @@ def publish_features(data_dir: Path, repo_dir: Path, out_dir: Path) -> dict[str,
 
     The offline store gets two rows per note: one at the note's creation time (point-in-time training
     reads) and a snapshot at the last event (what serving sees, materialised into the online store).
-    ``out_dir`` receives the notes as read from Feast, and the events.
+    ``out_dir`` receives the notes as read from Feast, the events, and the ready pairs when there are any.
     """
     from notellm.features import FeatureRepo, build_note_features
 
@@ -68,24 +68,41 @@ def publish_features(data_dir: Path, repo_dir: Path, out_dir: Path) -> dict[str,
     served["event_timestamp"] = notes["event_timestamp"].to_numpy()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_table(served, out_dir / NOTES_FILE, NOTES)
-    with atomic_path(out_dir / EVENTS_FILE) as tmp:
-        shutil.copyfile(data_dir / EVENTS_FILE, tmp)
+    for name in (EVENTS_FILE, PAIRS_FILE):
+        if (data_dir / name).is_file():
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(data_dir / name, tmp)
+        else:
+            (out_dir / name).unlink(missing_ok=True)
     return {"notes": len(served), "events": len(events), "feature_rows": len(rows),
             "snapshot": str(snapshot), "feature_repo": str(repo.path)}
 
 
 @timed
 def mine(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Mine co-occurrence pairs and split them without leakage (pairs.parquet, pair_stats.json)."""
+    """Mine co-occurrence pairs (or take the ready pairs) and split them without leakage (pairs.parquet,
+    pair_stats.json)."""
     from notellm.mining import run_mining
 
     return run_mining(data_dir, out_dir, cfg.mining)
 
 
+def _as_of(notes: pd.DataFrame, events: pd.DataFrame) -> pd.Timestamp:
+    """The time of a features snapshot: the last event, or the last note's creation without events."""
+    return events["ts"].max() if len(events) else notes["event_timestamp"].max()
+
+
 def _windows(notes: pd.DataFrame, events: pd.DataFrame, quantile: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Note features of the notes active before and after the ``quantile`` of event time."""
+    """Note features of the notes active before and after the ``quantile`` of event time; without events
+    (ready pairs only), of the notes created before and after the ``quantile`` of creation time."""
     from notellm.features import build_note_features
 
+    if events.empty:
+        ordered = notes.sort_values(["event_timestamp", "note_id"], kind="stable")
+        cut_at = round(len(ordered) * quantile)
+        early, late = ordered.iloc[:cut_at], ordered.iloc[cut_at:]
+        return (build_note_features(early, None, as_of=_as_of(early, events)),
+                build_note_features(late, None, as_of=_as_of(late, events)))
     cut = events["ts"].quantile(quantile)
     out = []
     for window in (events[events["ts"] < cut], events[events["ts"] >= cut]):
@@ -113,8 +130,8 @@ def check_drift(cfg: Config, data_dir: Path, embeddings_path: Path, out_dir: Pat
     else:
         ref_notes = read_table(reference_dir / NOTES_FILE, NOTES)
         ref_events = read_table(reference_dir / EVENTS_FILE, EVENTS)
-        reference = build_note_features(ref_notes, ref_events, as_of=ref_events["ts"].max())
-        current = build_note_features(notes, events, as_of=events["ts"].max())
+        reference = build_note_features(ref_notes, ref_events, as_of=_as_of(ref_notes, ref_events))
+        current = build_note_features(notes, events, as_of=_as_of(notes, events))
     reference = reference[reference["note_id"].isin(embeddings.index)].reset_index(drop=True)
     current = current[current["note_id"].isin(embeddings.index)].reset_index(drop=True)
     vectors = [pd.DataFrame(embeddings.loc[w["note_id"]].tolist()).to_numpy("float32")
@@ -138,15 +155,19 @@ def finetune(cfg: Config, notes_dir: Path, pairs_dir: Path, model_dir: Path) -> 
 
 @timed
 def embed(cfg: Config, model_dir: Path, notes_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Embed every note with the model; writes embeddings.parquet."""
+    """Embed every note with the model; writes embeddings.parquet. Reports how many notes the prompt's
+    length budget truncated (``truncation``)."""
     from notellm.model import load_model, write_embeddings
     from notellm.model.runtime import set_threads
+
+    from notellm.text_budget import truncation_stats
 
     set_threads(cfg.embedding.threads)
     model = load_model(model_dir)
     notes = read_table(notes_dir / NOTES_FILE, NOTES)
-    return write_embeddings(model, notes, out_dir / EMBEDDINGS_FILE, cfg.embedding.batch_size,
-                            bf16=cfg.embedding.bf16)
+    stats = write_embeddings(model, notes, out_dir / EMBEDDINGS_FILE, cfg.embedding.batch_size,
+                             bf16=cfg.embedding.bf16)
+    return {**stats, "truncation": truncation_stats(notes, model.tokenizer, model.prompt_cfg)}
 
 
 def _baseline_vectors(cfg: Config, name: str, notes: pd.DataFrame, train_pairs: pd.DataFrame) -> Any:
