@@ -16,6 +16,8 @@ Precision = Literal["auto", "on", "off"]
 class TemplateConfig(Section):
     """The words of the Note Compression Prompt; ``{j}`` is the number of hashtags to generate."""
 
+    compression_instruction: str = ("Extract the note information in json format, compress it into one word "
+                                    "for recommendation.")
     category_instruction: str = ("Extract the note information in json format, compress it into one word "
                                  "for recommendation, and generate the category of the note.")
     hashtag_instruction: str = ("Extract the note information in json format, compress it into one word "
@@ -46,6 +48,7 @@ class TemplateConfig(Section):
 
 
 CHINESE_TEMPLATE = TemplateConfig(
+    compression_instruction="提取笔记信息（json格式），压缩为一个词用于推荐。",
     category_instruction="提取笔记信息（json格式），压缩为一个词用于推荐，并生成笔记的类目。",
     hashtag_instruction="提取笔记信息（json格式），压缩为一个词用于推荐，并生成笔记的{j}个话题。",
     compression=f"压缩为一个词：“{EMB_TOKEN}”。",
@@ -71,8 +74,13 @@ class PromptConfig(Section):
     title_max: int = Field(32, ge=1)
     content_max: int = Field(128, ge=1)
     length_unit: Literal["tokens", "chars"] = "tokens"
-    hide_category_in_topics: bool = Field(
-        True, description="category task: drop the category from the input topics (else CSFT copies it)")
+    layout: Literal["official", "paper"] = Field(
+        "official", description="official: the note and the compression instruction before [EMB], the task "
+                                "guidance after it (one prefix for every task and for embedding); paper: the "
+                                "task instruction (with its j) first, topics only in the category task")
+    hide_category: bool = Field(
+        True, description="the note's category never appears in a compression prompt's input: dropped from "
+                          "the topics and, as a whole word, from title and content (else CSFT copies it)")
     add_bos: bool = True
     seed: int = 0
 

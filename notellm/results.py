@@ -485,11 +485,11 @@ def _paragraph(cfg: Config, names: list[str], results: dict[str, dict[str, Any]]
     if behind or ties:
         text += (" The paper trained Llama-2-7B on far more pairs: a budget this small is the first suspect "
                  "for a gap, ahead of the method itself.")
-    if cfg.prompt.hide_category_in_topics:
-        text += (" The compression prompt leaves a note's category out of its input topics "
-                 "(`prompt.hide_category_in_topics`, so that CSFT is not a copy task): where the hashtags "
-                 "hold the category (MovieLens: the first genre) the NoteLLM rows embed without it, while "
-                 "PromptEOL, RepLLaMA and MiniLM see every hashtag.")
+    if cfg.prompt.hide_category:
+        text += (" The compression prompt never shows a note's category in its input (`prompt.hide_category`, "
+                 "so that CSFT is not a copy task): on MovieLens, where the category is the first genre and the "
+                 "content lists every genre, the NoteLLM rows embed without that genre, while PromptEOL, "
+                 "RepLLaMA and MiniLM see every genre.")
     if missing:
         text += f" Not run yet: {', '.join(label[n] for n in missing)}."
     return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -29,7 +30,7 @@ NOTE = Note("m1", "Toy Story (1995)", "A cowboy doll is threatened by a new spac
 
 
 def test_category_prompt_layout_and_labels(backbone):
-    p = prompter(backbone, hashtag_task_share=0.0)
+    p = prompter(backbone, hashtag_task_share=0.0, layout="paper")
     ex = p.training_example(NOTE)
     text = p.tokenizer.decode(ex.input_ids)
     assert text.startswith(p.tokenizer.bos_token + "Extract the note information in json format")
@@ -43,9 +44,41 @@ def test_category_prompt_layout_and_labels(backbone):
 
 
 def test_hidden_category_can_be_kept(backbone):
-    text = prompter(backbone, hide_category_in_topics=False).tokenizer.decode(
-        prompter(backbone, hide_category_in_topics=False).embedding_ids(NOTE))
+    text = prompter(backbone, hide_category=False).tokenizer.decode(
+        prompter(backbone, hide_category=False).embedding_ids(NOTE))
     assert '"topic": "Animation, Children, Comedy"' in text
+
+
+@pytest.mark.parametrize("layout", ["official", "paper"])
+def test_movielens_category_prompts_never_show_their_target(backbone, layout):
+    """Issue 13: MovieLens content lists every genre; the category task must not be a copy of its input."""
+    from notellm.datasets.movielens import load_movielens
+
+    notes, _ = load_movielens()
+    p = prompter(backbone, hashtag_task_share=0.0, layout=layout)
+    for note in notes_from_frame(notes):
+        ex = p.training_example(note)
+        head = p.tokenizer.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab == IGNORE_INDEX])
+        output = p.tokenizer.decode([t for t in ex.labels if t != IGNORE_INDEX])
+        target = re.compile(rf"(?<!\w){re.escape(note.category)}(?!\w)", re.IGNORECASE)
+        assert target.search(output), (note.note_id, output)
+        assert not target.search(head), (note.note_id, head)
+    shown = p.tokenizer.decode(p.embedding_ids(notes_from_frame(notes.head(1))[0]))
+    assert "Children's and Comedy" in shown and "Animation" not in shown  # Toy Story: the other genres stay
+
+
+def test_official_layout_pools_the_embedding_prompt_in_every_task(backbone):
+    p = prompter(backbone, hashtag_task_share=1.0, max_output_hashtags=2)
+    embedding = p.embedding_ids(NOTE)
+    ex = p.training_example(NOTE)
+    assert ex.task == "hashtags" and ex.input_ids[:len(embedding)] == embedding
+    j = len(p.choose_task(NOTE)[1])
+    text = p.tokenizer.decode(ex.input_ids)
+    assert text.startswith(p.tokenizer.bos_token + "Extract the note information in json format, compress it "
+                           "into one word for recommendation. {")
+    assert f'The compression word is:"{EMB_TOKEN}". The {j} topics are:' in text
+    paper = prompter(backbone, hashtag_task_share=1.0, max_output_hashtags=2, layout="paper")
+    assert paper.training_example(NOTE).input_ids[:len(embedding)] != paper.embedding_ids(NOTE)
 
 
 def test_hashtag_task_share_and_seeding(backbone):
@@ -64,7 +97,7 @@ def test_hashtag_task_share_and_seeding(backbone):
 
 
 def test_hashtag_prompt(backbone):
-    p = prompter(backbone, hashtag_task_share=1.0, max_output_hashtags=2)
+    p = prompter(backbone, hashtag_task_share=1.0, max_output_hashtags=2, layout="paper")
     ex = p.training_example(NOTE)
     task, chosen = p.choose_task(NOTE)
     j = len(chosen)

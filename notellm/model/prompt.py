@@ -1,7 +1,15 @@
 """Notes into token ids: the Note Compression Prompt (category and hashtag tasks) and the baseline prompts.
 
-Layout (DESIGN.md):
-``[BOS]<instruction> <note as JSON> The compression word is:"[EMB]". <guidance> <output>[EOS]``.
+Layouts (DESIGN.md; ``prompt.layout``):
+
+- ``official`` (the official NoteLLM code): ``[BOS]<compression instruction> <note as JSON> The compression
+  word is:"[EMB]". <task guidance> <output>[EOS]``: everything before [EMB] is the same for the category
+  task, the hashtag task and embedding, so training pools the prompt that embedding pools.
+- ``paper`` (the paper's text): ``[BOS]<task instruction> <note as JSON> The compression word is:"[EMB]".
+  <guidance> <output>[EOS]``; the hashtag task's instruction holds j and its note has no topics.
+
+With ``hide_category`` the note's category is in no prompt's input (topics, title, content), so the
+category task is not a copy of the input (MovieLens lists every genre in its content).
 User text is tokenized with ``split_special_tokens=True``, so a literal "[EMB]" (or any other special token
 text) in a note can never become a special id: every prompt holds exactly one ``[EMB]``, the real one.
 """
@@ -10,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Literal
@@ -80,6 +89,14 @@ def notes_from_frame(notes: pd.DataFrame, *, file: str | Path | None = None) -> 
     return out
 
 
+def hide_word(text: str, word: str) -> str:
+    """``text`` without ``word`` as a whole word (any case), with the list separator (", " or " and ") that
+    follows it, or else the one before it; spaces left doubled are collapsed."""
+    w, sep = re.escape(word.strip()), r"(?:,\s*|\s+and\s+)"
+    pattern = rf"(?<!\w){w}(?!\w){sep}|{sep}{w}(?!\w)|(?<!\w){w}(?!\w)"
+    return re.sub(r"  +", " ", re.sub(pattern, "", text, flags=re.IGNORECASE))
+
+
 class NotePrompter:
     """Builds token ids for one tokenizer and one PromptConfig."""
 
@@ -111,11 +128,14 @@ class NotePrompter:
 
     def note_json(self, note: Note, *, topics: bool, hide_category: bool) -> str:
         t = self.cfg.template
-        fields = {t.title_key: self._clip(note.title, self.cfg.title_max)}
+        title, content, tags = note.title, note.content, list(note.hashtags)
+        if hide_category and note.category.strip():
+            title, content = hide_word(title, note.category), hide_word(content, note.category)
+            tags = [h for h in tags if h.strip().casefold() != note.category.strip().casefold()]
+        fields = {t.title_key: self._clip(title, self.cfg.title_max)}
         if topics:
-            tags = [h for h in note.hashtags if not (hide_category and h == note.category)]
             fields[t.topic_key] = t.hashtag_separator.join(tags[:self.cfg.max_input_hashtags])
-        fields[t.content_key] = self._clip(note.content, self.cfg.content_max)
+        fields[t.content_key] = self._clip(content, self.cfg.content_max)
         return json.dumps(fields, ensure_ascii=False)
 
     def choose_task(self, note: Note, salt: int = 0) -> tuple[Task, tuple[str, ...]]:
@@ -127,12 +147,16 @@ class NotePrompter:
         return "hashtags", tuple(rng.sample(note.hashtags, j))
 
     def _prefix(self, note: Note, task: Task, j: int) -> list[int]:
-        """Ids up to and including [EMB] for the chosen prompt kind and task."""
+        """Ids up to and including [EMB] for the chosen prompt kind and task (layout official: any task)."""
         t, kind = self.cfg.template, self.cfg.kind
         if kind == "notellm":
-            instruction = t.category_instruction if task == "category" else t.hashtag_instruction.format(j=j)
-            body = self.note_json(note, topics=task == "category",
-                                  hide_category=self.cfg.hide_category_in_topics)
+            if self.cfg.layout == "official":
+                instruction, topics = t.compression_instruction, True
+            elif task == "category":
+                instruction, topics = t.category_instruction, True
+            else:
+                instruction, topics = t.hashtag_instruction.format(j=j), False
+            body = self.note_json(note, topics=topics, hide_category=self.cfg.hide_category)
             ids = self._fixed(instruction) + self.tokens(t.separator + body + t.separator + self._before_emb)
         elif kind == "prompteol":
             ids = self.tokens(t.prompteol.format(note=self.note_json(note, topics=True, hide_category=False)))
