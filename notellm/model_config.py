@@ -101,6 +101,8 @@ class ModelConfig(Section):
                           description="smollm2-135m, tiny-random, or a Hugging Face path or name")
     dim: int | None = Field(128, ge=1, description="projection size d; None keeps the raw hidden state")
     tau_init: float = Field(3.0, description="initial tau; the logit scale is e^tau")
+    center_notes: int = Field(256, ge=0, description="centre pooled states on the mean of this many training "
+                                                     "notes before training (0: no centring)")
     finetune: Literal["lora", "full"] = "lora"
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)

@@ -47,7 +47,15 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
 class NoteEncoder(nn.Module):
     """``share_prefix``: run the instruction prefix that all rows share once per batch and reuse its
-    keys/values (same result, fewer tokens; off under gradient checkpointing, which drops caches)."""
+    keys/values (same result, fewer tokens; off under gradient checkpointing, which drops caches).
+
+    ``center`` (a float32 buffer of the hidden size) is subtracted from the pooled state before the
+    projection: the mean pooled state of training notes, fixed before the first training step
+    (:func:`notellm.model.centering.fit_center`; zeros until then). Raw pooled states of a causal LM share
+    one dominant direction (mean pairwise cosine about 0.96 untrained), which makes every cosine about 1.
+    It is stored as ``center`` in the model directory's ``head.safetensors``; an export must apply
+    ``normalize(W @ (h - center))``, e.g. as a Dense layer with bias ``-W @ center``.
+    """
 
     def __init__(self, backbone: PreTrainedModel, emb_token_id: int, dim: int | None, tau_init: float = 3.0,
                  share_prefix: bool = True):
@@ -57,6 +65,7 @@ class NoteEncoder(nn.Module):
         hidden = backbone.config.get_text_config().hidden_size
         self.projection: nn.Module = nn.Linear(hidden, dim, bias=False) if dim else nn.Identity()
         self.tau = nn.Parameter(torch.tensor(float(tau_init)))
+        self.register_buffer("center", torch.zeros(hidden, dtype=torch.float32))
         self.dim = dim or hidden
         self.share_prefix = share_prefix
 
@@ -83,6 +92,12 @@ class NoteEncoder(nn.Module):
                        position_ids=positions[:, start:], cache=cache, use_cache=True)
         return rest.last_hidden_state, start
 
+    def pooled_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Raw float32 hidden states at the pooled positions (before centring and projection)."""
+        pool_at = pool_positions(input_ids, self.emb_token_id)
+        hidden, start = self._hidden(input_ids, attention_mask, int(pool_at.min()))
+        return hidden[torch.arange(input_ids.shape[0], device=input_ids.device), pool_at - start].float()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None) -> EncoderOutput:
         pool_at = pool_positions(input_ids, self.emb_token_id)
@@ -95,7 +110,7 @@ class NoteEncoder(nn.Module):
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         pooled = hidden[rows, pool_at - start]
         with torch.autocast(device_type=pooled.device.type, enabled=False):
-            embeddings = F.normalize(self.projection(pooled.float()), dim=-1)
+            embeddings = F.normalize(self.projection(pooled.float() - self.center), dim=-1)
         loss = None
         if targets is not None:
             keep = keep[:, start:]

@@ -2,7 +2,9 @@
 
 ```
 <dir>/notellm.json        prompt settings, d, backbone id, configs, metrics, model_version
-<dir>/head.safetensors    projection.weight (d x hidden; absent when d is the hidden size) and tau
+<dir>/head.safetensors    projection.weight (d x hidden; absent when d is the hidden size), tau, and center
+                          (hidden; subtracted from the pooled state before the projection; absent in
+                          directories written before centring, read as zeros)
 <dir>/tokenizer/          the tokenizer with [EMB]
 <dir>/backbone/           merged weights (config.json + model*.safetensors)
                           or a LoRA adapter (adapter_config.json + adapter_model.safetensors)
@@ -36,7 +38,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def head_tensors(encoder: NoteEncoder) -> dict[str, torch.Tensor]:
-    tensors = {"tau": encoder.tau.detach().reshape(1).float().cpu().contiguous()}
+    tensors = {"tau": encoder.tau.detach().reshape(1).float().cpu().contiguous(),
+               "center": encoder.center.detach().float().cpu().contiguous()}
     if isinstance(encoder.projection, torch.nn.Linear):
         tensors["projection.weight"] = encoder.projection.weight.detach().float().cpu().contiguous()
     return tensors
@@ -133,6 +136,8 @@ def load_model(directory: str | Path, device: str | torch.device | None = None) 
     encoder = NoteEncoder(backbone, emb_id, dim, float(head["tau"][0]), model_cfg.share_prefix)
     if "projection.weight" in head:
         encoder.projection.weight.data.copy_(head["projection.weight"])
+    if "center" in head:
+        encoder.center.copy_(head["center"])
     encoder.eval()
     model = NoteLLM(encoder, tokenizer, NotePrompter(tokenizer, prompt_cfg, emb_id), model_cfg, prompt_cfg,
                     model_version=meta["model_version"], meta=meta)

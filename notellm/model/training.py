@@ -30,6 +30,7 @@ from notellm.errors import ConfigError, DataError
 from notellm.io import atomic_dir, write_json
 from notellm.model.batches import epoch_batches
 from notellm.model.bundle import NoteLLM, build_model
+from notellm.model.centering import fit_center, mean_pairwise_cosine
 from notellm.model.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from notellm.model.curve import plot_curve, summarize
 from notellm.model.embed import embed_notes
@@ -182,6 +183,10 @@ def train_model(notes: pd.DataFrame, pairs: pd.DataFrame, model_cfg: ModelConfig
 
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, prompt_cfg, seed=train_cfg.seed)
+    model.encoder.to(ctx.device)
+    if model_cfg.center_notes:
+        seen = dict.fromkeys([*train_pairs[:, 0], *train_pairs[:, 1]])
+        fit_center(model, [by_id[n] for n in seen], model_cfg.center_notes, seed=train_cfg.seed)
     apply_finetuning(model, model_cfg)
     encoder = model.encoder.to(ctx.device).train()
     torch.manual_seed(train_cfg.seed + 1 + ctx.rank)  # dropout streams differ per rank
@@ -256,6 +261,8 @@ def train_model(notes: pd.DataFrame, pairs: pd.DataFrame, model_cfg: ModelConfig
                "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / (total - start), 3),
                "notes_per_s": round(2 * per_step * (total - start) / seconds, 2)}
     if ctx.rank == 0:
+        sample = [by_id[n] for n in list(dict.fromkeys(train_pairs[:, 0]))[:64]]
+        metrics["mean_pairwise_cosine"] = mean_pairwise_cosine(embed_notes(model, sample, 2 * batch_pairs))
         _write_output(model, out_dir, model_cfg, train_cfg, curve, metrics, note_list)
         metrics.update(model_dir=str(out_dir), model_version=model.model_version)
     if ctx.world > 1:
