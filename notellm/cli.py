@@ -131,6 +131,20 @@ def embed(model: Path = WORKSPACE / "model", notes: Path = WORKSPACE / "data",
 
 
 @app.command()
+def export(out: Annotated[Path, typer.Argument(help="The directory to write.")],
+           model: Path = WORKSPACE / "model",
+           format_: Annotated[str, typer.Option("--format", help="sentence-transformers (the only one).")]
+           = "sentence-transformers") -> None:
+    """Export a model for other embedding servers: `SentenceTransformer(OUT)` loads it without notellm and
+    gives the platform's vectors for plain text (a text is a note's content, as in a v1 text request)."""
+    from notellm.export import export_sentence_transformers
+
+    if format_ != "sentence-transformers":
+        _fail(ConfigError(f"unknown export format {format_!r}: use sentence-transformers"))
+    _step(f"sentence-transformers -> {out}", export_sentence_transformers, model, out)
+
+
+@app.command()
 def evaluate(model: Path = WORKSPACE / "model", notes: Path = WORKSPACE / "data",
              pairs: Path = WORKSPACE / "mining", embeddings: Path = WORKSPACE / "embeddings",
              out: Path = WORKSPACE / "evaluation", config: ConfigOpt = None, set_: SetOpt = None) -> None:
