@@ -37,7 +37,7 @@ class DataConfig(Section):
     notes_path: Path | None = Field(None, description="files: the user's notes (parquet, jsonl or csv)")
     events_path: Path | None = Field(None, description="files: the user's events")
     pairs_path: Path | None = Field(
-        None, description="files: ready pairs: note_id_a, note_id_b[, score][, split] (mining is then skipped)")
+        None, description="files: ready pairs note_id_a, note_id_b[, score][, split] (no mining then)")
 
     @model_validator(mode="after")
     def _files_need_paths(self) -> DataConfig:
@@ -51,6 +51,9 @@ class DataConfig(Section):
 class MiningConfig(Section):
     """Co-occurrence pair mining (paper section 4.3) and the leakage-free split."""
 
+    engine: Literal["duckdb", "spark"] = Field(
+        "duckdb", description="duckdb: one process; spark: Apache Spark (local mode here, a cluster through "
+                              "the Spark Operator); both give the same pairs")
     window_positions: int | None = Field(10, ge=1, description="B within the next w clicks after A")
     window_seconds: float | None = Field(None, gt=0, description="B within this many seconds after A")
     source_actions: list[str] = ["view", "click"]

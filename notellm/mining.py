@@ -15,7 +15,8 @@ How: events are read with arrow and given dense integer ids (notes in string ord
 (a, b) of each source event and each later target event in its window come from the events sorted by
 user and time, one array step per window offset; DuckDB then keeps one candidate per (user, pair)
 (only where the user has a repeated note: elsewhere a pair cannot repeat), sums ``1 / N_u`` per
-pair, applies the thresholds and keeps the top t per note, all on integer keys.
+pair, applies the thresholds and keeps the top t per note, all on integer keys. That scoring is one SQL
+text (:func:`pair_sql`) that the Spark engine (:mod:`notellm.mining_spark`) runs too.
 
 Ready pairs (a user's links, ``data.pairs_path``) skip the scoring: :func:`ready_pairs` orients them
 (``mining.ready_pairs_directed``) and either validates their split (:func:`check_split`) or assigns one with
@@ -128,15 +129,10 @@ class _Events:
         n_u = np.bincount(pairs[clicked] // len(order), minlength=len(users))
         self.inv_n = 1.0 / np.maximum(n_u, 1)
 
-    @property
-    def note_bits(self) -> int:
-        """Bits of the largest note id: b's share of a packed pair key."""
-        return max(1, (len(self.note_ids) - 1).bit_length())
-
     def candidates(self, cfg: MiningConfig) -> tuple[pa.Table, pa.Table]:
         """Every (source event on a, then target event on b in the window, a != b), as two tables of
-        ``key`` (a and b packed into one integer: a in the high bits) and ``inv_n``: those that cannot
-        repeat for their user (neither event on a repeated note), and those that can, with their ``uid``.
+        ``a``, ``b`` and ``inv_n``: those that cannot repeat for their user (neither event on a repeated
+        note), and those that can, with their ``uid``.
 
         Events are ordered by user, time and file row; for each offset k every event is compared with
         the event k positions later at once (array slices), and once few source events still reach
@@ -147,8 +143,8 @@ class _Events:
         is_src, is_tgt, rep = self.is_src[order], self.is_tgt[order], self.rep[order]
         window_us = None if cfg.window_seconds is None else _window_us(cfg.window_seconds)
         active = None  # the source events whose window still reaches offset k, once they are few
-        once: list[tuple[np.ndarray, np.ndarray]] = []
-        repeated: list[tuple[np.ndarray, np.ndarray]] = []
+        once: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        repeated: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         k = 1
         while k < len(uid) and (cfg.window_positions is None or k <= cfg.window_positions):
             if active is None:
@@ -170,58 +166,71 @@ class _Events:
             j = i + k
             hit = is_tgt[j] & (nid[i] != nid[j])
             i, j = i[hit], j[hit]
-            key = (nid[i].astype(np.int64) << self.note_bits) | nid[j]
             may_repeat = rep[i] | rep[j]
-            once.append((key[~may_repeat], uid[i[~may_repeat]]))
-            repeated.append((key[may_repeat], uid[i[may_repeat]]))
+            once.append((nid[i[~may_repeat]], nid[j[~may_repeat]], uid[i[~may_repeat]]))
+            repeated.append((nid[i[may_repeat]], nid[j[may_repeat]], uid[i[may_repeat]]))
             k += 1
 
-        def table(parts: list[tuple[np.ndarray, np.ndarray]], with_uid: bool) -> pa.Table:
-            key = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-            users = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
-            columns = {"key": key, "inv_n": self.inv_n[users]}
+        def table(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], with_uid: bool) -> pa.Table:
+            a, b, users = ((np.concatenate([p[n] for p in parts]) if parts else np.zeros(0, np.int32))
+                           for n in range(3))
+            columns = {"a": a, "b": b, "inv_n": self.inv_n[users]}
             return pa.table({**columns, "uid": users} if with_uid else columns)
 
         return table(once, False), table(repeated, True)
 
 
+def popular_cut(clicks: np.ndarray, quantile: float) -> float:
+    """Notes clicked more often than this are over-popular: the ``quantile`` of the click counts of the
+    clicked notes (numpy's linear interpolation; both engines call this)."""
+    clicks = clicks[clicks > 0]
+    return float(np.quantile(clicks, quantile)) if len(clicks) else 0.0
+
+
+def pair_sql(cfg: MiningConfig, *, popular: bool) -> str:
+    """The pair formula as one SQL text that DuckDB and Spark both run.
+
+    It reads ``once(a, b, inv_n)`` (candidates that cannot repeat for their user), ``repeated(uid, a, b,
+    inv_n)`` (candidates that can: one per (user, pair) is kept) and, with ``popular``, ``popular(nid)``
+    (over-popular notes, dropped on both sides). ``a`` and ``b`` are notes as keys that sort like the
+    note ids; ``inv_n`` is ``1 / N_u``. It sums ``1 / N_u`` per pair, rounds half up to
+    :data:`SCORE_DECIMALS` decimals, keeps ``l_min <= score <= u_max`` and the top t per a (score
+    descending, then b), sorted by a, score descending, b.
+    """
+    def literal(value: float) -> str:  # the exact double in both dialects
+        return f"CAST('{float(value)!r}' AS DOUBLE)"
+
+    drop_popular = ("AND a NOT IN (SELECT nid FROM popular) AND b NOT IN (SELECT nid FROM popular)"
+                    if popular else "")
+    return f"""
+        WITH cand AS (
+            SELECT a, b, inv_n FROM once
+            UNION ALL
+            SELECT a, b, max(inv_n) AS inv_n FROM repeated GROUP BY uid, a, b),
+        scored AS (
+            SELECT a, b, CAST(floor(sum(inv_n) * {_SCALE} + 0.5) AS BIGINT) AS score_int
+            FROM cand GROUP BY a, b),
+        ranked AS (
+            SELECT a, b, score_int, row_number() OVER (PARTITION BY a ORDER BY score_int DESC, b) AS r
+            FROM scored
+            WHERE score_int / {_SCALE} >= {literal(cfg.l_min)} AND score_int / {_SCALE} <= {literal(cfg.u_max)}
+                  {drop_popular})
+        SELECT a, b, score_int / {_SCALE} AS score FROM ranked WHERE r <= {cfg.top_t}
+        ORDER BY a, score DESC, b"""
+
+
 def _top_pairs(con: duckdb.DuckDBPyConnection, ev: _Events, cfg: MiningConfig) -> tuple[np.ndarray, ...]:
-    """Score every candidate pair, apply the thresholds and the over-popular filter, keep the top t per A;
-    return (a, b, score) arrays sorted by a, score descending, b."""
-    note_bits = ev.note_bits
-    mask = (1 << note_bits) - 1
-    popular = ""
-    if cfg.max_note_clicks_quantile is not None:
+    """Score every candidate pair with :func:`pair_sql`; return (a, b, score) arrays sorted by a, score
+    descending, b."""
+    popular = cfg.max_note_clicks_quantile is not None
+    if popular:
         clicks = np.bincount(ev.nid[ev.is_tgt], minlength=len(ev.note_ids))
-        cut = np.quantile(clicks[clicks > 0], cfg.max_note_clicks_quantile) if clicks.any() else 0
-        con.register("popular", pa.table({"nid": np.flatnonzero(clicks > cut)}))
-        popular = (f"AND key >> {note_bits} NOT IN (SELECT nid FROM popular) "
-                   f"AND key & {mask} NOT IN (SELECT nid FROM popular)")
-    # Pairs that cannot repeat for their user are summed directly; the others are first reduced to
-    # one per (user, pair).
+        cut = popular_cut(clicks, cfg.max_note_clicks_quantile)
+        con.register("popular", pa.table({"nid": np.flatnonzero(clicks > cut).astype(np.int32)}))
     once, repeated = ev.candidates(cfg)
     con.register("once", once)
     con.register("repeated", repeated)
-    # The top-t aggregate's key orders by score descending, then note_id_b ascending.
-    score_bits = (math.floor(cfg.u_max * 10 ** SCORE_DECIMALS) + 1).bit_length()
-    rank = "BIGINT" if score_bits + note_bits <= 63 else "HUGEINT"
-    result = con.execute(f"""
-        WITH cand AS (
-            SELECT key, inv_n FROM once
-            UNION ALL
-            SELECT key, any_value(inv_n) FROM repeated GROUP BY uid, key),
-        scored AS (
-            SELECT key, floor(sum(inv_n) * {_SCALE} + 0.5)::BIGINT AS score_int FROM cand GROUP BY key),
-        kept AS (
-            SELECT key >> {note_bits} AS a,
-                   unnest(max((score_int::{rank} << {note_bits}) | ({mask} - (key & {mask})), {cfg.top_t}))
-                       AS rank_key
-            FROM scored
-            WHERE score_int / {_SCALE} >= $l_min AND score_int / {_SCALE} <= $u_max {popular}
-            GROUP BY a)
-        SELECT a::INTEGER AS a, ({mask} - (rank_key & {mask}))::INTEGER AS b,
-               (rank_key >> {note_bits})::BIGINT / {_SCALE} AS score
-        FROM kept ORDER BY a, score DESC, b""", {"l_min": cfg.l_min, "u_max": cfg.u_max}).fetchnumpy()
+    result = con.execute(pair_sql(cfg, popular=popular)).fetchnumpy()
     return result["a"], result["b"], result["score"]
 
 
@@ -231,8 +240,13 @@ def mine_pairs(events: pd.DataFrame | str | Path, cfg: MiningConfig, *,
 
     ``events`` is an events frame or the path of an events parquet file.
     ``memory_limit`` caps DuckDB's memory (for example "4GB"); beyond it DuckDB spills to a temporary
-    directory, which is removed afterwards.
+    directory, which is removed afterwards. With ``mining.engine`` spark, Spark computes the same pairs
+    (:func:`notellm.mining_spark.mine_pairs_spark`).
     """
+    if cfg.engine == "spark":
+        from notellm.mining_spark import mine_pairs_spark
+
+        return mine_pairs_spark(events, cfg)
     ev = _Events(events, cfg)
     with tempfile.TemporaryDirectory(prefix="notellm-mining-") as temp_dir:
         con = duckdb.connect(config={"preserve_insertion_order": False, "temp_directory": temp_dir,
@@ -309,7 +323,7 @@ def ready_pairs(pairs: pd.DataFrame, cfg: MiningConfig, file: str | Path | None 
         conflict = given.loc[(given["split"] != first).to_numpy(), "row"]
         if len(conflict):
             row = int(conflict.min())
-            raise DataError("this pair (or its reverse, for undirected links) is given in an earlier row with "
+            raise DataError("this pair (or its reverse, for undirected links) is in an earlier row with "
                             "another split", file=file, row=row, column="split")
     out = given.drop_duplicates(["note_id_a", "note_id_b"], keep="first").drop(columns="row")
     if "split" not in out.columns:
