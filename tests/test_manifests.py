@@ -270,3 +270,255 @@ def test_production_has_gpus_and_autoscaling_and_dev_has_neither() -> None:
 
     dev = build("overlays/dev")
     assert not [v for k, v in walk(dev) if k == GPU]
+
+
+# --- issue 11: each defect of the production overlay, and a rule that catches it -------------------------
+
+
+def _kustomization(path: Path) -> dict[str, Any]:
+    return yaml.safe_load((path / "kustomization.yaml").read_text())
+
+
+def _images(path: Path) -> dict[str, dict[str, str]]:
+    return {entry["name"]: entry for entry in _kustomization(path).get("images", [])}
+
+
+def test_the_image_is_a_kustomize_setting_and_the_cuda_tag_is_version_dash_cuda() -> None:
+    """Resources name the image `notellm` (`notellm-cuda` for the GPU predictor); only `images:` entries map the
+    names to a registry, and the tags are the project's version (CPU) and <version>-cuda (CUDA)."""
+    for path in MANIFESTS.rglob("*.yaml"):
+        if path.name != "kustomization.yaml":
+            assert "ghcr.io" not in path.read_text(), f"{path}: a registry written into a resource"
+    for target in TARGETS:
+        for name, spec in pod_specs(build(target)):
+            for container in spec["containers"] + spec.get("initContainers", []):
+                assert "/" in container["image"] and split_image(container["image"])[1], \
+                    f"{target}: {name} runs {container['image']}, a name no images: entry resolved"
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    cpu = _images(MANIFESTS / "base")["notellm"]
+    assert cpu["newTag"] == version
+    cuda = _images(MANIFESTS / "overlays/production")["notellm-cuda"]
+    assert (cuda["newName"], cuda["newTag"]) == (cpu["newName"], f"{version}-cuda")
+    assert set(IMAGE_NAMES) == {"notellm", "notellm-cuda"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_gpu_containers_run_the_cuda_image_and_cpu_containers_do_not(target: str) -> None:
+    """The production predictor asked for a GPU but ran the CPU image (no CUDA torch): a GPU it cannot use."""
+    for name, spec in pod_specs(build(target)):
+        for container in spec["containers"]:
+            limits = container.get("resources", {}).get("limits", {})
+            cuda = split_image(container["image"])[1].endswith("-cuda")
+            assert cuda == (GPU in limits), f"{target}: {name}/{container['name']} runs {container['image']}"
+
+
+def test_users_point_the_image_at_their_own_registry_with_an_images_entry(tmp_path: Path) -> None:
+    """An overlay of the user's own with one `images:` entry (what `kustomize edit set image` writes) moves every
+    container to the user's registry and keeps each tag, the predictor's -cuda included; the README shows it."""
+    production = MANIFESTS / "overlays/production"
+    default = _images(MANIFESTS / "base")["notellm"]["newName"]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(production, tmp_path)],
+        "images": [{"name": default, "newName": "registry.example.com/team/notellm"}]}))
+    ours = {(c["workload"], c["name"]): c["image"] for c in containers("overlays/production")}
+    theirs = {}
+    for name, spec in pod_specs(render(tmp_path)):
+        for container in spec["containers"]:
+            theirs[(name, container["name"])] = container["image"]
+    assert theirs.keys() == ours.keys() and len(ours) >= 3
+    for key, image in theirs.items():
+        assert image == ours[key].replace(default, "registry.example.com/team/notellm", 1), key
+    readme = (MANIFESTS / "README.md").read_text()
+    assert "kustomize edit set image" in readme and f"- name: {default}" in readme and "newName:" in readme
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_milvus_runs_as_non_root(target: str) -> None:
+    """The operator sets runAsNonRoot/runAsUser 1000 on Milvus's pods only when spec.components.runAsNonRoot is
+    true: without it Milvus ran as root, against manifests/README.md."""
+    for milvus in find(build(target), "Milvus"):
+        components = milvus["spec"]["components"]
+        assert components.get("runAsNonRoot") is True
+        security = components.get("securityContext", {})
+        assert security.get("allowPrivilegeEscalation") is False
+        assert "ALL" in security.get("capabilities", {}).get("drop", [])
+        # Milvus writes under localStorage.path: a writable volume there for the non-root user
+        local = milvus["spec"]["config"]["localStorage"]["path"]
+        mounts = {m["mountPath"]: m["name"] for m in components.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in components.get("volumes", [])}
+        assert local in mounts and "emptyDir" in volumes[mounts[local]]
+
+
+def _version(image: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", split_image(image)[1])[:2])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_milvus_message_stream_is_explicit_and_runs_no_hidden_cluster(target: str) -> None:
+    """With no msgStreamType the operator gives cluster mode an in-cluster Pulsar (standalone 2.6: woodpecker):
+    the stream is written out, and an in-cluster Pulsar or Kafka is never deployed by default. Milvus 2.6 cluster
+    mode always runs streaming nodes: they are sized, not left at one unsized default replica."""
+    for milvus in find(build(target), "Milvus"):
+        spec = milvus["spec"]
+        stream = spec["dependencies"].get("msgStreamType")
+        assert stream, f"{target}: Milvus without dependencies.msgStreamType"
+        if stream in {"pulsar", "kafka"}:
+            assert spec["dependencies"].get(stream, {}).get("external") is True, f"{target}: in-cluster {stream}"
+        if spec["mode"] == "cluster" and _version(spec["components"]["image"]) >= (2, 6):
+            node = spec["components"].get("streamingNode", {})
+            assert node.get("replicas", 0) >= 2, f"{target}: streaming nodes not replicated"
+            assert {"cpu", "memory"} <= set(node.get("resources", {}).get("requests", {}))
+            assert {"cpu", "memory"} <= set(node.get("resources", {}).get("limits", {}))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_milvus_on_s3_names_its_region_and_root_path(target: str) -> None:
+    """External S3 (the operator's milvus_s3.yaml): a bucket, a prefix (rootPath) and a region that matches the
+    regional endpoint; without a region the MinIO client signs for us-east-1 and fails elsewhere."""
+    for milvus in find(build(target), "Milvus"):
+        storage = milvus["spec"]["dependencies"].get("storage", {})
+        if not (storage.get("external") and storage.get("type") == "S3"):
+            continue
+        minio = milvus["spec"]["config"]["minio"]
+        assert minio["bucketName"] and minio["rootPath"].strip("/") and minio["region"]
+        assert minio["useSSL"] is True and storage["endpoint"].endswith(":443")
+        assert storage["endpoint"] == f"s3.{minio['region']}.amazonaws.com:443"
+        assert storage["secretRef"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_inference_service_uses_standard_mode_not_its_legacy_alias(target: str) -> None:
+    for isvc in find(build(target), "InferenceService"):
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_gpu_components_scale_on_a_gpu_metric(target: str) -> None:
+    """A GPU predictor scaled on CPU utilisation never scales out (its CPU idles while the GPU is saturated). A
+    GPU component scales on a GPU metric (KEDA, from Prometheus) for its own pods; KServe refuses scaleMetric
+    under KEDA and External metrics under HPA."""
+    for isvc in find(build(target), "InferenceService"):
+        annotations = isvc["metadata"].get("annotations", {})
+        autoscaler = annotations.get("serving.kserve.io/autoscalerClass", "hpa")
+        for component in ("predictor", "transformer"):
+            spec = isvc["spec"].get(component)
+            if spec is None:
+                continue
+            metrics = spec.get("autoScaling", {}).get("metrics", [])
+            if autoscaler == "keda":
+                assert "scaleMetric" not in spec, f"{component}: KServe allows no scaleMetric under KEDA"
+            else:
+                assert all(m["type"] == "Resource" for m in metrics), f"{component}: only Resource metrics on HPA"
+            gpu = any(GPU in c.get("resources", {}).get("limits", {}) for c in spec["containers"])
+            if not gpu or spec.get("maxReplicas", 1) <= spec.get("minReplicas", 1):
+                continue
+            assert autoscaler == "keda" and metrics, f"{target}: {component} has GPUs and no GPU metric"
+            assert "scaleMetric" not in spec
+            for metric in metrics:
+                assert metric["type"] == "External", f"{component} scales on {metric}"
+                query = metric["external"]["metric"]["query"]
+                assert "GPU" in query.upper()
+                assert f'namespace="{isvc["metadata"]["namespace"]}"' in query
+                assert f'pod=~"{isvc["metadata"]["name"]}-{component}-' in query
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_milvus_token_is_required_where_milvus_auth_is_on(target: str) -> None:
+    """With Milvus auth on, an optional token let the transformer start without it and fail every request; a
+    required secretKeyRef keeps the pod from starting (CreateContainerConfigError) until the Secret exists."""
+    docs = build(target)
+    auth = any(m["spec"].get("config", {}).get("common", {}).get("security", {}).get("authorizationEnabled")
+               for m in find(docs, "Milvus"))
+    tokens = [e for _, spec in pod_specs(docs) for c in spec["containers"] for e in c.get("env", [])
+              if e["name"] == "MILVUS_TOKEN"]
+    assert tokens
+    for token in tokens:
+        ref = token["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "notellm-milvus" and ref["key"] == "token"
+        assert ref.get("optional", False) is (not auth), f"{target}: Milvus auth {auth}, token optional {ref}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_shared_volumes_are_read_write_many(overlay: str) -> None:
+    """Each claim is written by the pipeline's pods and read by serving pods (the predictor's storage initializer,
+    the feature server) that the scheduler may place on other nodes: ReadWriteOnce held them Pending."""
+    docs = build(overlay)
+    used = set()
+    for _, spec in pod_specs(docs):
+        used |= {v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", [])
+                 if "persistentVolumeClaim" in v}
+        for container in spec["containers"]:
+            for item in container.get("env", []):
+                if item["name"] == "STORAGE_URI" and item.get("value", "").startswith("pvc://"):
+                    used.add(item["value"][len("pvc://"):].split("/")[0])
+    claims = find(docs, "PersistentVolumeClaim")
+    assert {c["metadata"]["name"] for c in claims} == used
+    for claim in claims:
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"], claim["metadata"]["name"]
+
+
+# What each of Feast's stores needs installed beyond feast itself (feast 0.67's extras): the online store by
+# type, the SQL registry by its database (a bare postgresql:// is rewritten to postgresql+psycopg://).
+FEAST_EXTRAS = {("online_store", "redis"): "redis", ("registry", "sql"): "postgres"}
+
+
+def _feature_store_yaml(overlay: str) -> str:
+    feast = next(c for c in containers(overlay) if c["workload"] == "Deployment/notellm-feast")
+    return feast["files"][feast["env"]["FEAST_FS_YAML_FILE_PATH"]]
+
+
+def test_production_feast_stores_have_their_extras_in_the_cluster_dependencies() -> None:
+    """Redis online store and SQL registry: `feast[redis,postgres]` (redis, hiredis, psycopg 3) in the `cluster`
+    extra that the image installs; feast alone cannot load either store."""
+    store = yaml.safe_load(_feature_store_yaml("overlays/production"))
+    needed = {extra for (section, kind), extra in FEAST_EXTRAS.items()
+              if (store[section].get("type") if section == "online_store" else store[section].get("registry_type"))
+              == kind}
+    assert needed == {"redis", "postgres"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    cluster = project.get("optional-dependencies", {}).get("cluster", [])
+    extras = {extra.strip() for spec in cluster if spec.startswith("feast[")
+              for extra in spec[len("feast["):spec.index("]")].split(",")}
+    assert needed <= extras, f"the image's cluster extra {cluster} lacks feast[{','.join(sorted(needed))}]"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_feature_store_yaml_loads_with_feast(overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ConfigMap's feature_store.yaml loads as Feast's RepoConfig, with placeholder connection strings for
+    the variables the notellm-feast Secret provides, and its online store class and registry driver import."""
+    text = _feature_store_yaml(overlay)
+    store = yaml.safe_load(text)
+    if store["online_store"]["type"] == "redis":
+        pytest.importorskip("redis", reason="feast[redis] (in the test extra) is not installed")
+        pytest.importorskip("psycopg", reason="feast[postgres] (in the test extra) is not installed")
+    from feast.infra.online_stores.helpers import get_online_store_from_config
+    from feast.repo_config import load_repo_config
+    from sqlalchemy.engine import make_url
+
+    monkeypatch.setenv("FEAST_REGISTRY_URL", "postgresql://feast:placeholder@postgres:5432/feast")
+    monkeypatch.setenv("FEAST_REDIS_CONNECTION", "redis:6379")
+    (tmp_path / "feature_store.yaml").write_text(text)
+    config = load_repo_config(ROOT / "feature_repo", tmp_path / "feature_store.yaml")
+    assert config.project == "notellm"
+    get_online_store_from_config(config.online_store)
+    if getattr(config.registry, "registry_type", "file") == "sql":
+        assert "$" not in config.registry.path
+        make_url(config.registry.path).get_dialect().import_dbapi()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_containers_lists_what_each_overlay_starts_from_the_project_image(overlay: str) -> None:
+    """containers(): the predictor, the transformer and the feature server, with their commands and config."""
+    found = {c["workload"]: c for c in containers(overlay)}
+    assert set(found) == {"InferenceService/notellm/predictor", "InferenceService/notellm/transformer",
+                          "Deployment/notellm-feast"}
+    predictor = found["InferenceService/notellm/predictor"]
+    assert predictor["argv"][:3] == ["python", "-m", "serving.embedder"]
+    assert predictor["cuda"] is overlay.endswith("production")
+    assert found["InferenceService/notellm/transformer"]["secret_env"] == ["MILVUS_TOKEN"]
+    feast = found["Deployment/notellm-feast"]
+    assert feast["argv"][:2] == ["feast", "serve"] and feast["working_dir"] == "/app/feature_repo"
+    assert list(feast["files"]) == ["/etc/feast/feature_store.yaml"]
+    assert feast["env_from_secrets"] == (["notellm-feast"] if overlay.endswith("production") else [])
+    for container in found.values():
+        assert container["image"].startswith(_images(MANIFESTS / "base")["notellm"]["newName"] + ":")
