@@ -1,9 +1,9 @@
 """The containers that the rendered manifests start from the project image, for tests that run them.
 
-``containers(target)`` renders a kustomize target (``"base"``, ``"overlays/dev"``, ``"overlays/production"``,
-relative to ``manifests/``) with ``kubectl kustomize`` and returns one dict per container that runs the project
-image (the image the kustomizations' ``images:`` resolve the names ``notellm`` and ``notellm-cuda`` to), in
-document order::
+``containers(target)`` renders a kustomize target (``"base"``, ``"overlays/dev"``,
+``"overlays/production"``, relative to ``manifests/``) with ``kubectl kustomize`` and returns one dict per
+container that runs the project image (the image the kustomizations' ``images:`` resolve the names ``notellm``
+and ``notellm-cuda`` to), in document order::
 
     {
         "target": "overlays/production",
@@ -16,7 +16,7 @@ document order::
         "argv": [...command, ...args],
         "working_dir": "/app/feature_repo" or None,
         "env": {"HOME": "/tmp", ...},                        # literal values only
-        "secret_env": ["MILVUS_TOKEN"],                      # variables a cluster Secret supplies (secretKeyRef)
+        "secret_env": ["MILVUS_TOKEN"],                      # variables from a Secret (secretKeyRef)
         "env_from_secrets": ["notellm-feast"],               # whole Secrets given as environment (envFrom)
         "files": {"/etc/feast/feature_store.yaml": "project: notellm\\n..."},  # config files from ConfigMaps
     }
@@ -27,7 +27,8 @@ or with the ``items`` path), with its text; a ``subPath`` mount gives the one ke
 A container test can so run, in the image, ``argv[:-len(args)] + ["--help"]`` (the command exists and parses
 its options), and load each file of ``files`` where the container would see it, with ``env`` set and dummy
 values for ``secret_env`` and the variables the ``env_from_secrets`` Secrets hold (manifests/README.md lists
-their keys), e.g. the Feast feature server's ``feature_store.yaml`` (``FEAST_FS_YAML_FILE_PATH`` points at it).
+their keys), e.g. the Feast feature server's ``feature_store.yaml`` (``FEAST_FS_YAML_FILE_PATH`` names
+it).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def pod_specs(docs: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any
         elif doc["kind"] == "InferenceService":
             for component in ("predictor", "transformer", "explainer"):
                 if component in doc["spec"]:
-                    spec = {k: v for k, v in doc["spec"][component].items() if k not in KSERVE_EXTENSION_FIELDS}
+                    spec = {k: v for k, v in doc["spec"][component].items()
+                            if k not in KSERVE_EXTENSION_FIELDS}
                     found.append((f"{name}/{component}", spec))
     return found
 

@@ -100,11 +100,13 @@ def test_project_schemas_are_valid_and_catch_mistakes() -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(isvc, schema("inferenceservice.schema.json"))
     legacy = copy.deepcopy(one(docs, "InferenceService", "notellm"))
-    legacy["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"  # deprecated alias
+    # the deprecated alias
+    legacy["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(legacy, schema("inferenceservice.schema.json"))
     half = copy.deepcopy(one(docs, "InferenceService", "notellm"))
-    half["spec"]["predictor"]["autoScaling"]["metrics"][0].pop("external")  # an External metric without its source
+    # an External metric without its source
+    half["spec"]["predictor"]["autoScaling"]["metrics"][0].pop("external")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(half, schema("inferenceservice.schema.json"))
     milvus = copy.deepcopy(one(docs, "Milvus", "notellm"))
@@ -148,7 +150,8 @@ def test_inference_service_wiring(overlay: str) -> None:
     predictor, transformer = isvc["spec"]["predictor"], isvc["spec"]["transformer"]
     embedder = predictor["containers"][0]
     cpu_image = transformer["containers"][0]["image"]
-    assert cpu_image == one(docs, "Deployment", "notellm-feast")["spec"]["template"]["spec"]["containers"][0]["image"]
+    feast_pod = one(docs, "Deployment", "notellm-feast")["spec"]["template"]["spec"]
+    assert cpu_image == feast_pod["containers"][0]["image"]
     assert embedder["image"] == (f"{cpu_image}-cuda" if overlay.endswith("production") else cpu_image)
     assert embedder["command"] == ["python", "-m", "serving.embedder"]
     assert container_args(predictor) == {"--model_name": "notellm-embedder", "--model_dir": "/mnt/models"}
@@ -284,8 +287,8 @@ def _images(path: Path) -> dict[str, dict[str, str]]:
 
 
 def test_the_image_is_a_kustomize_setting_and_the_cuda_tag_is_version_dash_cuda() -> None:
-    """Resources name the image `notellm` (`notellm-cuda` for the GPU predictor); only `images:` entries map the
-    names to a registry, and the tags are the project's version (CPU) and <version>-cuda (CUDA)."""
+    """Resources name the image `notellm` (`notellm-cuda` for the GPU predictor); only `images:` entries map
+    the names to a registry, and the tags are the project's version (CPU) and <version>-cuda (CUDA)."""
     for path in MANIFESTS.rglob("*.yaml"):
         if path.name != "kustomization.yaml":
             assert "ghcr.io" not in path.read_text(), f"{path}: a registry written into a resource"
@@ -313,8 +316,9 @@ def test_gpu_containers_run_the_cuda_image_and_cpu_containers_do_not(target: str
 
 
 def test_users_point_the_image_at_their_own_registry_with_an_images_entry(tmp_path: Path) -> None:
-    """An overlay of the user's own with one `images:` entry (what `kustomize edit set image` writes) moves every
-    container to the user's registry and keeps each tag, the predictor's -cuda included; the README shows it."""
+    """An overlay of the user's own with one `images:` entry (what `kustomize edit set image` writes) moves
+    every container to the user's registry and keeps each tag, the predictor's -cuda included; the README
+    shows it."""
     production = MANIFESTS / "overlays/production"
     default = _images(MANIFESTS / "base")["notellm"]["newName"]
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
@@ -334,8 +338,8 @@ def test_users_point_the_image_at_their_own_registry_with_an_images_entry(tmp_pa
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_milvus_runs_as_non_root(target: str) -> None:
-    """The operator sets runAsNonRoot/runAsUser 1000 on Milvus's pods only when spec.components.runAsNonRoot is
-    true: without it Milvus ran as root, against manifests/README.md."""
+    """The operator sets runAsNonRoot/runAsUser 1000 on Milvus's pods only when spec.components.runAsNonRoot
+    is true: without it Milvus ran as root, against manifests/README.md."""
     for milvus in find(build(target), "Milvus"):
         components = milvus["spec"]["components"]
         assert components.get("runAsNonRoot") is True
@@ -355,15 +359,17 @@ def _version(image: str) -> tuple[int, ...]:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_milvus_message_stream_is_explicit_and_runs_no_hidden_cluster(target: str) -> None:
-    """With no msgStreamType the operator gives cluster mode an in-cluster Pulsar (standalone 2.6: woodpecker):
-    the stream is written out, and an in-cluster Pulsar or Kafka is never deployed by default. Milvus 2.6 cluster
-    mode always runs streaming nodes: they are sized, not left at one unsized default replica."""
+    """With no msgStreamType the operator gives cluster mode an in-cluster Pulsar (standalone 2.6:
+    woodpecker): the stream is written out, and an in-cluster Pulsar or Kafka is never deployed by default.
+    Milvus 2.6 cluster mode always runs streaming nodes: they are sized, not left at one unsized default
+    replica."""
     for milvus in find(build(target), "Milvus"):
         spec = milvus["spec"]
         stream = spec["dependencies"].get("msgStreamType")
         assert stream, f"{target}: Milvus without dependencies.msgStreamType"
         if stream in {"pulsar", "kafka"}:
-            assert spec["dependencies"].get(stream, {}).get("external") is True, f"{target}: in-cluster {stream}"
+            external = spec["dependencies"].get(stream, {}).get("external")
+            assert external is True, f"{target}: in-cluster {stream}"
         if spec["mode"] == "cluster" and _version(spec["components"]["image"]) >= (2, 6):
             node = spec["components"].get("streamingNode", {})
             assert node.get("replicas", 0) >= 2, f"{target}: streaming nodes not replicated"
@@ -373,8 +379,8 @@ def test_milvus_message_stream_is_explicit_and_runs_no_hidden_cluster(target: st
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_milvus_on_s3_names_its_region_and_root_path(target: str) -> None:
-    """External S3 (the operator's milvus_s3.yaml): a bucket, a prefix (rootPath) and a region that matches the
-    regional endpoint; without a region the MinIO client signs for us-east-1 and fails elsewhere."""
+    """External S3 (the operator's milvus_s3.yaml): a bucket, a prefix (rootPath) and a region that matches
+    the regional endpoint; without a region the MinIO client signs for us-east-1 and fails elsewhere."""
     for milvus in find(build(target), "Milvus"):
         storage = milvus["spec"]["dependencies"].get("storage", {})
         if not (storage.get("external") and storage.get("type") == "S3"):
@@ -394,9 +400,9 @@ def test_inference_service_uses_standard_mode_not_its_legacy_alias(target: str) 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_gpu_components_scale_on_a_gpu_metric(target: str) -> None:
-    """A GPU predictor scaled on CPU utilisation never scales out (its CPU idles while the GPU is saturated). A
-    GPU component scales on a GPU metric (KEDA, from Prometheus) for its own pods; KServe refuses scaleMetric
-    under KEDA and External metrics under HPA."""
+    """A GPU predictor scaled on CPU utilisation never scales out (its CPU idles while the GPU is saturated).
+    A GPU component scales on a GPU metric (KEDA, from Prometheus) for its own pods; KServe refuses
+    scaleMetric under KEDA and External metrics under HPA."""
     for isvc in find(build(target), "InferenceService"):
         annotations = isvc["metadata"].get("annotations", {})
         autoscaler = annotations.get("serving.kserve.io/autoscalerClass", "hpa")
@@ -408,7 +414,7 @@ def test_gpu_components_scale_on_a_gpu_metric(target: str) -> None:
             if autoscaler == "keda":
                 assert "scaleMetric" not in spec, f"{component}: KServe allows no scaleMetric under KEDA"
             else:
-                assert all(m["type"] == "Resource" for m in metrics), f"{component}: only Resource metrics on HPA"
+                assert all(m["type"] == "Resource" for m in metrics), f"{component}: HPA takes Resource only"
             gpu = any(GPU in c.get("resources", {}).get("limits", {}) for c in spec["containers"])
             if not gpu or spec.get("maxReplicas", 1) <= spec.get("minReplicas", 1):
                 continue
@@ -440,8 +446,9 @@ def test_milvus_token_is_required_where_milvus_auth_is_on(target: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_shared_volumes_are_read_write_many(overlay: str) -> None:
-    """Each claim is written by the pipeline's pods and read by serving pods (the predictor's storage initializer,
-    the feature server) that the scheduler may place on other nodes: ReadWriteOnce held them Pending."""
+    """Each claim is written by the pipeline's pods and read by serving pods (the predictor's storage
+    initializer, the feature server) that the scheduler may place on other nodes: ReadWriteOnce held them
+    Pending."""
     docs = build(overlay)
     used = set()
     for _, spec in pod_specs(docs):
@@ -468,12 +475,12 @@ def _feature_store_yaml(overlay: str) -> str:
 
 
 def test_production_feast_stores_have_their_extras_in_the_cluster_dependencies() -> None:
-    """Redis online store and SQL registry: `feast[redis,postgres]` (redis, hiredis, psycopg 3) in the `cluster`
-    extra that the image installs; feast alone cannot load either store."""
+    """Redis online store and SQL registry: `feast[redis,postgres]` (redis, hiredis, psycopg 3) in the
+    `cluster` extra that the image installs; feast alone cannot load either store."""
     store = yaml.safe_load(_feature_store_yaml("overlays/production"))
-    needed = {extra for (section, kind), extra in FEAST_EXTRAS.items()
-              if (store[section].get("type") if section == "online_store" else store[section].get("registry_type"))
-              == kind}
+    kinds = {"online_store": store["online_store"].get("type"),
+             "registry": store["registry"].get("registry_type")}
+    needed = {extra for (section, kind), extra in FEAST_EXTRAS.items() if kinds[section] == kind}
     assert needed == {"redis", "postgres"}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     cluster = project.get("optional-dependencies", {}).get("cluster", [])
@@ -483,7 +490,8 @@ def test_production_feast_stores_have_their_extras_in_the_cluster_dependencies()
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_feature_store_yaml_loads_with_feast(overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_feature_store_yaml_loads_with_feast(overlay: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The ConfigMap's feature_store.yaml loads as Feast's RepoConfig, with placeholder connection strings for
     the variables the notellm-feast Secret provides, and its online store class and registry driver import."""
     text = _feature_store_yaml(overlay)
