@@ -78,7 +78,10 @@ def data_synthetic(
 def data_import(
     notes: Annotated[Path, typer.Option(help="Notes file (parquet, jsonl or csv).")],
     events: Annotated[Path | None, typer.Option(help="Events file.")] = None,
-    pairs: Annotated[Path | None, typer.Option(help="Ready pairs (mining is then skipped).")] = None,
+    pairs: Annotated[Path | None, typer.Option(
+        help="Ready pairs: note_id_a, note_id_b, optional score and split (mining is then skipped; without a "
+             "split the mine step assigns a leakage-free one; links are undirected unless "
+             "mining.ready_pairs_directed=true).")] = None,
     out: Path = WORKSPACE / "data", config: ConfigOpt = None, set_: SetOpt = None,
 ) -> None:
     """Your own notes and events (or ready pairs), validated and written in the canonical form."""
@@ -91,7 +94,8 @@ def data_import(
 @app.command()
 def mine(data: Path = WORKSPACE / "data", out: Path = WORKSPACE / "mining",
          config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Mine co-occurrence pairs from the events (paper section 4.3) and split them without leakage."""
+    """Mine co-occurrence pairs from the events (paper section 4.3) and split them without leakage; with
+    ready pairs in DATA (`notellm data import --pairs`), split those instead."""
     from notellm.mining import run_mining
 
     cfg = _config(config, set_)
@@ -311,11 +315,14 @@ def recommend(note_id: Annotated[str | None, typer.Argument(help="A note already
 def run(workspace: Path = WORKSPACE,
         full: Annotated[bool, typer.Option(help="The full training budget instead of the quick one.")] = False,
         param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter name=value.")] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show kfp.local's whole output (by "
+                                              "default it goes to WORKSPACE/run.log).")] = False,
         set_: SetOpt = None) -> None:
-    """The whole pipeline locally (kfp.local, Milvus Lite, Feast sqlite, Evidently), then a summary."""
+    """The whole pipeline locally (kfp.local, Milvus Lite, Feast sqlite, Evidently): one line per step, then a
+    summary."""
     from pipelines.local import run_and_summarize
 
     try:
-        run_and_summarize(workspace, full=full, params=param or [], overrides=set_ or [])
+        run_and_summarize(workspace, full=full, params=param or [], overrides=set_ or [], verbose=verbose)
     except NoteLLMError as exc:
         _fail(exc)

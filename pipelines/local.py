@@ -111,13 +111,33 @@ def _related_examples(workspace: Path, run_dir: Path, count: int = 3, k: int = 5
             for q, row in zip(queries, hits)]
 
 
+def _data_lines(run_dir: Path) -> list[str]:
+    """Where the pairs came from, and how much of the notes the prompt's length budget truncated."""
+    from notellm.kfp_io import config_from_yaml
+    from notellm.text_budget import describe
+    from pipelines.progress import step_metrics
+
+    mined, embedded = step_metrics(run_dir / "mine-pairs"), step_metrics(run_dir / "embed")
+    source = "ready pairs" if "pairs" in step_metrics(run_dir / "prepare-data") else "mined pairs"
+    lines = ["## Data", "", f"- {source}: " + ", ".join(
+        f"{int(mined.get(f'pairs_per_split.{s}', 0)):,} {s}" for s in ("train", "val", "test"))]
+    truncation = {key.removeprefix("truncation."): value for key, value in embedded.items()
+                  if key.startswith("truncation.")}
+    if truncation:
+        unit = config_from_yaml(task_outputs(run_dir, "make-config")["Output"]).prompt.length_unit
+        counts = {k: int(v) if k not in ("content_cut_mean", "content_kept_share") else float(v)
+                  for k, v in truncation.items()}
+        lines.append(f"- {describe({**counts, 'unit': unit})}")
+    return lines
+
+
 def summarize(workspace: Path, run_dir: Path) -> str:
     """A Markdown summary of a local run: results, drift, gate, where the model and collection live."""
     from notellm.deploy import read_record
 
     drift = task_outputs(run_dir, "check-drift")
     lines = [f"# NoteLLM local run `{run_dir.name}`", "", "## Evaluation (test pairs, whole catalogue)", "",
-             (run_dir / "evaluate" / "table").read_text().strip(), "",
+             (run_dir / "evaluate" / "table").read_text().strip(), "", *_data_lines(run_dir), "",
              f"## Drift: {'passed' if drift.get('passed') else 'FAILED'}", "",
              f"- report: {run_dir / 'check-drift' / 'report'}"]
     lines += [f"- {reason}" for reason in drift.get("reasons", "").split("; ") if reason]
@@ -139,18 +159,23 @@ def summarize(workspace: Path, run_dir: Path) -> str:
 
 
 def run_and_summarize(workspace: Path, full: bool = False, params: list[str] | None = None,
-                      overrides: list[str] | None = None) -> Path:
-    """``notellm run``: the pipeline locally with the quick (or full) budget, then print and save a summary."""
+                      overrides: list[str] | None = None, verbose: bool = False) -> Path:
+    """``notellm run``: the pipeline locally with the quick (or full) budget, then print and save a summary.
+
+    Quiet unless ``verbose``: one line per step while it runs (:func:`pipelines.progress.quiet_run`),
+    kfp.local's own output in ``workspace/run.log``."""
     from rich.console import Console
     from rich.markdown import Markdown
 
     from notellm.io import atomic_path
     from pipelines.params import parse_params
+    from pipelines.progress import quiet_run
 
     arguments = {**(FULL if full else QUICK), **parse_params(params or [])}
     if overrides:
         arguments["overrides"] = [*arguments.get("overrides", []), *overrides]
-    run_dir = run_local(workspace, **arguments)
+    with quiet_run(workspace, verbose):
+        run_dir = run_local(workspace, **arguments)
     text = summarize(workspace.resolve(), run_dir)
     with atomic_path(workspace / "summary.md") as tmp:
         tmp.write_text(text)
