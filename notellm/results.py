@@ -89,6 +89,8 @@ MINILM_BATCH_PAIRS, MINILM_LR = 32, 2e-5  # the SentenceBERT row's recipe (sente
 # per LLM row), MiniLM fine-tuning one epoch 4-23 min. Two trained LLM rows of 250 steps (~33 min of
 # training, ~3 of embedding, ~2 of generation each) plus the four cheap rows (~10-15 min): about 85 minutes.
 # PromptEOL+CSE and RepLLaMA (shorter prompts, ~25 min each) would push it past 90, hence CORE_METHODS.
+# Every trained row (MiniLM included, through budget_pairs) sees the same 250 x 16 = 4,000 training pairs,
+# 0.49 of the MovieLens epoch: a full epoch (~515 steps) would double the trained LLM rows' time.
 RECIPE: dict[str, Any] = {
     "model.lora_dropout": 0.0,
     "training.max_steps": 250,
@@ -207,7 +209,14 @@ def method_settings(method: Method, cfg: Config) -> dict[str, Any]:
             settings["generation_notes"] = cfg.evaluation.generation_notes
     elif method.trained:
         settings["minilm_epochs"] = cfg.evaluation.minilm_epochs
+        settings["budget_pairs"] = budget_pairs(cfg)
     return settings
+
+
+def budget_pairs(cfg: Config) -> int | None:
+    """Training pairs every trained row may see: the LLM rows' steps x batch (None: their full epochs)."""
+    t = cfg.training
+    return t.max_steps * t.batch_pairs if t.max_steps else None
 
 
 def _digest(obj: Any) -> str:
@@ -250,7 +259,16 @@ def _llm_model(method: Method, cfg: Config, notes: pd.DataFrame, pairs: pd.DataF
     from notellm.model import build_model, load_model, train_model
 
     if not method.trained:
-        return build_model(cfg.model, cfg.prompt, seed=cfg.training.seed), {}, []
+        model = build_model(cfg.model, cfg.prompt, seed=cfg.training.seed)
+        if cfg.model.center_notes:  # as training does: centred on training notes
+            from notellm.model.centering import fit_center
+            from notellm.model.prompt import notes_from_frame
+
+            train = pairs[pairs["split"] == "train"]
+            seen = set(train["note_id_a"]) | set(train["note_id_b"])
+            fit_center(model, notes_from_frame(notes[notes["note_id"].isin(seen)]), cfg.model.center_notes,
+                       seed=cfg.training.seed)
+        return model, {}, []
     model_dir = method_dir / "model"
     if (model_dir / "notellm.json").is_file():
         log.info("%s: reusing the trained model in %s", method.label, model_dir)
@@ -279,9 +297,11 @@ def _minilm_model(method: Method, cfg: Config, notes: pd.DataFrame, pairs: pd.Da
     began = time.perf_counter()
     model = finetune_minilm(notes, pairs[pairs["split"] == "train"], epochs=cfg.evaluation.minilm_epochs,
                             batch_size=MINILM_BATCH_PAIRS, lr=MINILM_LR, seed=cfg.training.seed,
+                            max_pairs=budget_pairs(cfg),
                             out_dir=model_dir, progress=progress,
                             on_step=lambda step, loss: curve.append({"step": step, "loss": loss}))
-    metrics = {"steps": len(curve), "train_seconds": round(time.perf_counter() - began, 2),
+    metrics = {"steps": len(curve), "pairs_seen": int(getattr(model, "pairs_seen", 0)) or None,
+               "train_seconds": round(time.perf_counter() - began, 2),
                "final_loss": curve[-1]["loss"] if curve else None}
     write_json(metrics, method_dir / "train_metrics.json")
     write_json(curve, curve_path)
@@ -381,20 +401,61 @@ def recall(result: dict[str, Any], split: str, ks: Sequence[int]) -> dict[str, A
     return recall_from_ranks(np.asarray(result["retrieval"][split]["ranks"]), ks, curve_max_k=max(ks))
 
 
-def compare(ranks_a: Sequence[int], ranks_b: Sequence[int], k: int, *, z: float = 2.0) -> dict[str, Any]:
-    """Recall@k of A minus that of B on the same pairs, with the paired standard error of the difference.
+def compare(ranks_a: Sequence[int], ranks_b: Sequence[int], k: int, *, queries: Sequence[str] | None = None,
+            targets: Sequence[str] | None = None, z: float = 2.0) -> dict[str, Any]:
+    """Recall@k of A minus that of B on the same pairs, with the standard error of the paired difference.
 
-    ``verdict`` is "ahead" or "behind" when the difference exceeds ``z`` standard errors, else "tie".
+    With ``queries`` (and ``targets``) the error is the cluster bootstrap's over those notes and ``low`` /
+    ``high`` its 95% interval; without, pairs count as independent and the interval is ``diff ± z se``.
+    ``verdict`` is "tie" when the interval holds 0, else "ahead" or "behind".
     """
+    from notellm.evaluation.bootstrap import cluster_bootstrap
+
     a = np.asarray(ranks_a) <= k
     b = np.asarray(ranks_b) <= k
     if a.shape != b.shape or a.size < 2:
         raise ValueError(f"need the same pairs (at least 2) for both methods, got {a.size} and {b.size}")
     d = a.astype(float) - b.astype(float)
     diff = float(d.mean())
-    se = float(d.std(ddof=1) / np.sqrt(d.size))
-    verdict = "tie" if abs(diff) <= z * se else ("ahead" if diff > 0 else "behind")
-    return {"k": k, "diff": diff, "se": se, "verdict": verdict, "n": int(d.size)}
+    if queries is not None:
+        boot = cluster_bootstrap(d, queries, targets)
+        se, low, high = boot["se"], boot["low"], boot["high"]
+    else:
+        se = float(d.std(ddof=1) / np.sqrt(d.size))
+        low, high = diff - z * se, diff + z * se
+    verdict = "tie" if low <= 0 <= high else ("ahead" if diff > 0 else "behind")
+    return {"k": k, "diff": diff, "se": se, "low": low, "high": high, "verdict": verdict, "n": int(d.size)}
+
+
+def split_pairs_of(pairs: pd.DataFrame | None, split: str) -> pd.DataFrame | None:
+    """The pairs of ``split`` in the order their ranks were stored (None without a pairs table)."""
+    return None if pairs is None else pairs[pairs["split"] == split].reset_index(drop=True)
+
+
+def recall_interval(result: dict[str, Any], split: str, k: int, pairs: pd.DataFrame | None,
+                    mask: np.ndarray | None = None) -> tuple[float, float]:
+    """Recall@k of a result's ``split`` (the pairs of ``mask`` only) and its cluster-bootstrap standard error
+    over query and target notes (binomial over pairs when ``pairs`` is None)."""
+    from notellm.evaluation.bootstrap import cluster_bootstrap
+
+    hits = (np.asarray(result["retrieval"][split]["ranks"]) <= k).astype(float)
+    chosen = split_pairs_of(pairs, split)
+    if mask is not None:
+        hits = hits[mask]
+        chosen = chosen[mask] if chosen is not None else None
+    if hits.size < 2:
+        return float(hits.mean()) if hits.size else float("nan"), float("nan")
+    if chosen is None or len(chosen) != hits.size:
+        return float(hits.mean()), float(np.sqrt(hits.mean() * (1 - hits.mean()) / hits.size))
+    boot = cluster_bootstrap(hits, chosen["note_id_a"].tolist(), chosen["note_id_b"].tolist())
+    return boot["mean"], boot["se"]
+
+
+def unseen_target_mask(pairs: pd.DataFrame, split: str = "test") -> np.ndarray:
+    """Which pairs of ``split`` have a target that no training pair contains."""
+    train = pairs[pairs["split"] == "train"]
+    seen = set(train["note_id_a"]) | set(train["note_id_b"])
+    return ~split_pairs_of(pairs, split)["note_id_b"].isin(seen).to_numpy()
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -412,9 +473,31 @@ def _pct(x: float | None, se: float | None = None) -> str:
     return f"{100 * x:.2f}" if se is None else f"{100 * x:.2f} ± {100 * se:.2f}"
 
 
-def _table(names: list[str], results: dict[str, dict[str, Any]], ks: list[int], gate_k: int) -> str:
-    cols = [f"R@{k} (%)" for k in ks] + [f"val R@{gate_k} (%)", "Cat. acc. (%)", "Illegal (%)", "BLEU-4",
-                                         "ROUGE-1/2/L", "Trained", "Wall (min)"]
+def _budget(name: str, result: dict[str, Any], train_pairs: int) -> str:
+    """Training pairs seen (and the share of an epoch), or "no" for an untrained row."""
+    train = result.get("train") or {}
+    seen = train.get("pairs_seen")
+    if not METHODS[name].trained or not train.get("steps"):
+        return "no"
+    if seen is None:
+        return f"{train['steps']} steps"
+    return f"{seen:,} ({seen / max(1, train_pairs):.2f} ep)"
+
+
+def _prompt(name: str, cfg: Config) -> str:
+    method = METHODS[name]
+    if method.encoder == "minilm":
+        return "text"
+    kind = method.overrides.get("prompt.kind", cfg.prompt.kind)
+    return f"{kind} ({cfg.prompt.layout})" if kind == "notellm" else kind
+
+
+def _table(names: list[str], results: dict[str, dict[str, Any]], ks: list[int], gate_k: int,
+           cfg: Config, pairs: pd.DataFrame | None, train_pairs: int) -> str:
+    unseen = unseen_target_mask(pairs) if pairs is not None else None
+    cols = [f"R@{k} (%)" for k in ks] + [f"R@{gate_k} unseen targets (%)", f"val R@{gate_k} (%)",
+                                         "Cat. acc. (%)", "Illegal (%)", "BLEU-4", "ROUGE-1/2/L",
+                                         "Budget (pairs seen)", "Prompt", "Wall (min)"]
     lines = ["| Method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name in names:
         label = METHODS[name].label
@@ -422,26 +505,28 @@ def _table(names: list[str], results: dict[str, dict[str, Any]], ks: list[int], 
         if result is None:
             lines.append(f"| {label} | " + " | ".join(["not yet run"] + [""] * (len(cols) - 1)) + " |")
             continue
-        test = recall(result, "test", ks)
-        cells = [_pct(test["recall"][k], test["stderr"][k]) for k in ks]
-        val = recall(result, "val", [gate_k]) if "val" in result["retrieval"] else None
-        cells.append(_pct(val["recall"][gate_k], val["stderr"][gate_k]) if val else "")
+        cells = [_pct(*recall_interval(result, "test", k, pairs)) for k in ks]
+        cells.append(_pct(*recall_interval(result, "test", gate_k, pairs, unseen)) if unseen is not None else "")
+        cells.append(_pct(*recall_interval(result, "val", gate_k, pairs)) if "val" in result["retrieval"] else "")
         cat, tags = result.get("category"), result.get("hashtags")
         cells += [_pct(cat["accuracy"]) if cat else "", _pct(cat["illegal_rate"]) if cat else "",
                   f"{tags['bleu4']:.2f}" if tags else "",
                   "/".join(f"{100 * tags[m]:.1f}" for m in ("rouge1", "rouge2", "rougeL")) if tags else ""]
-        train = result.get("train") or {}
-        cells.append(f"{train['steps']} steps" if train.get("steps") else "no")
-        cells.append(f"{result['seconds']['total'] / 60:.1f}")
+        cells += [_budget(name, result, train_pairs), _prompt(name, cfg), f"{result['seconds']['total'] / 60:.1f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _verdicts(names: list[str], results: dict[str, dict[str, Any]], k: int) -> dict[str, dict[str, Any]]:
+def _verdicts(names: list[str], results: dict[str, dict[str, Any]], k: int,
+              pairs: pd.DataFrame | None = None) -> dict[str, dict[str, Any]]:
     ref = results.get(REFERENCE)
     if ref is None or "test" not in ref["retrieval"]:
         return {}
-    return {name: compare(ref["retrieval"]["test"]["ranks"], results[name]["retrieval"]["test"]["ranks"], k)
+    test = split_pairs_of(pairs, "test")
+    ids = {} if test is None or len(test) != len(ref["retrieval"]["test"]["ranks"]) else \
+        {"queries": test["note_id_a"].tolist(), "targets": test["note_id_b"].tolist()}
+    return {name: compare(ref["retrieval"]["test"]["ranks"], results[name]["retrieval"]["test"]["ranks"], k,
+                          **ids)
             for name in names if name != REFERENCE and name in results}
 
 
@@ -463,14 +548,13 @@ def _paragraph(cfg: Config, names: list[str], results: dict[str, dict[str, Any]]
     if not verdicts:
         text = "No baseline has been run to compare NoteLLM with."
     elif not behind and not ties:
-        text = (f"NoteLLM is ahead of {scope} on R@{k}: each difference exceeds twice its paired standard "
-                "error.")
+        text = (f"NoteLLM is ahead of {scope} on R@{k}: the 95% interval of each difference is above 0.")
     else:
         text = f"NoteLLM is **not** ahead of {scope} on R@{k}."
         if ties:
-            text += f" Within two standard errors (a tie): {listing(ties)}."
+            text += f" A tie (the 95% interval holds 0): {listing(ties)}."
         if behind:
-            text += f" Behind by more than two standard errors: {listing(behind)}."
+            text += f" Behind (the interval is below 0): {listing(behind)}."
         ahead = [n for n, v in verdicts.items() if v["verdict"] == "ahead"]
         if ahead:
             text += f" Ahead: {listing(ahead)}."
@@ -479,10 +563,13 @@ def _paragraph(cfg: Config, names: list[str], results: dict[str, dict[str, Any]]
     steps = (results[REFERENCE].get("train") or {}).get("steps") or 0
     seen = steps * t.batch_pairs
     n_test = len(results[REFERENCE]["retrieval"]["test"]["ranks"])
-    text += (f" Differences are NoteLLM minus the baseline in points of R@{k}, with the standard error of "
-             f"the paired difference over the same {n_test:,} test pairs. The trained LLM rows saw {seen:,} "
-             f"training pairs ({steps} steps of {t.batch_pairs}), {seen / max(1, train_pairs):.2f} of an "
-             f"epoch of the {train_pairs:,} mined training pairs, on the {cfg.model.backbone} backbone.")
+    seen = (results[REFERENCE].get("train") or {}).get("pairs_seen", seen)
+    text += (f" Differences are NoteLLM minus the baseline in points of R@{k} over the same {n_test:,} test "
+             "pairs, ± the cluster-bootstrap standard error (pairs share query and target notes, so they are "
+             f"not independent). Every trained row saw the same budget: {seen:,} training pairs "
+             f"({seen / max(1, train_pairs):.2f} of an epoch of the {train_pairs:,} mined training pairs; "
+             f"NoteLLM {steps} steps of {t.batch_pairs}, MiniLM in batches of {MINILM_BATCH_PAIRS}), on the "
+             f"{cfg.model.backbone} backbone.")
     if behind or ties:
         text += (" The paper trained Llama-2-7B on far more pairs: a budget this small is the first suspect "
                  "for a gap, ahead of the method itself.")
@@ -530,9 +617,11 @@ def _settings_block(cfg: Config) -> str:
 def _comparison(verdicts: dict[str, dict[str, Any]], k: int) -> str:
     if not verdicts:
         return ""
-    lines = [f"NoteLLM minus each baseline, R@{k}, in points (paired standard error; a tie is within 2 SE):",
-             "", "| Baseline | Difference | SE | Verdict |", "|---|---:|---:|---|"]
-    lines += [f"| {METHODS[n].label} | {100 * v['diff']:+.2f} | {100 * v['se']:.2f} | {v['verdict']} |"
+    lines = [f"NoteLLM minus each baseline, R@{k}, in points (paired difference on the same test pairs; SE and "
+             "95% interval from the cluster bootstrap over query and target notes; a tie is an interval that "
+             "holds 0):", "", "| Baseline | Difference | SE | 95% interval | Verdict |", "|---|---:|---:|---|---|"]
+    lines += [f"| {METHODS[n].label} | {100 * v['diff']:+.2f} | {100 * v['se']:.2f} | "
+              f"[{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] | {v['verdict']} |"
               for n, v in verdicts.items()]
     return "\n".join(lines) + "\n\n"
 
@@ -629,7 +718,8 @@ comparable with each other, not with the table's val column.
 
 
 def write_results_md(cfg: Config, names: list[str], results: dict[str, dict[str, Any]], stats: dict[str, Any],
-                     out_md: Path, command: str, tuning: str = "") -> dict[str, Any]:
+                     out_md: Path, command: str, tuning: str = "",
+                     pairs: pd.DataFrame | None = None) -> dict[str, Any]:
     """Render the table, the verdict paragraph, the plots (PNG beside ``out_md``) and the settings.
 
     Methods of ``names`` missing from ``results`` show as "not yet run". Returns the verdicts.
@@ -639,7 +729,7 @@ def write_results_md(cfg: Config, names: list[str], results: dict[str, dict[str,
     ks = sorted(set(cfg.evaluation.ks))
     k = cfg.evaluation.gate_k
     dataset = DATASET_NAMES.get(cfg.data.dataset, cfg.data.dataset)
-    verdicts = _verdicts(names, results, k)
+    verdicts = _verdicts(names, results, k, pairs)
     done = [n for n in names if n in results]
     figures = ""
     if done:
@@ -671,12 +761,17 @@ Command (from the repository root):
 
 {budget}{TUNING}
 Each query of a test pair is ranked against the whole catalogue ({stats.get("catalogue_notes", 0):,} notes)
-and Recall@k is the share of targets in the top k, ± one standard error. Val recall (pairs of the
-validation notes, ranked the same way) is the only number recipe choices were allowed to look at. Mined
+and Recall@k is the share of targets in the top k (the paper's protocol), ± one standard error from a
+cluster bootstrap over query and target notes (two-way cluster-robust; pairs that share a note are not
+independent). "Unseen targets" is the same recall on the test pairs whose target is in no training pair: a
+lead that vanishes there came from having trained on those notes. "Budget" is the number of training pairs
+a row saw (every trained row the same); "Prompt" the prompt kind and, for the compression prompt, its
+layout. Val recall (pairs of the validation notes, ranked the same way) is the only number recipe choices
+were allowed to look at. Mined
 pairs per split: {_counts(stats.get("pairs_per_split", {}))}; notes per split:
 {_counts(stats.get("notes_per_split", {}))}.
 
-{_table(names, results, ks, k)}
+{_table(names, results, ks, k, cfg, pairs, stats.get("pairs_per_split", {}).get("train", 0))}
 {_paragraph(cfg, names, results, verdicts, stats, k)}
 
 {_comparison(verdicts, k)}{figures}{_examples(done, results)}{tuning}{_settings(cfg, names, done, results)}"""
@@ -713,12 +808,12 @@ def run_results(cfg: Config, workspace: Path, methods: list[str] | None = None,
     ran: list[str] = []
     cached: list[str] = []
     tuning = tuning_section(cfg, workspace, digest)
-    verdicts = write_results_md(cfg, names, results, stats, out_md, command, tuning)
+    verdicts = write_results_md(cfg, names, results, stats, out_md, command, tuning, pairs)
     for name in names:
         results[name], fresh = _cached_run(name, cfg, notes, pairs, workspace / "methods" / name, digest,
                                            splits=("test", "val"), force=force, progress=progress)
         (ran if fresh else cached).append(name)
-        verdicts = write_results_md(cfg, names, results, stats, out_md, command, tuning)
+        verdicts = write_results_md(cfg, names, results, stats, out_md, command, tuning, pairs)
     ks = sorted(set(cfg.evaluation.ks))
     table = {n: {"retrieval": recall(results[n], "test", ks),
                  **{p: results[n][p] for p in ("category", "hashtags") if p in results[n]}} for n in names}

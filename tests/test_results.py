@@ -89,6 +89,20 @@ def test_compare_uses_the_paired_standard_error():
         compare(a, a[:10], 100)
 
 
+def test_compare_with_shared_queries_uses_the_cluster_bootstrap():
+    """Issue 13: 2,000 pairs from 40 queries are far less evidence than 2,000 independent pairs."""
+    rng = np.random.default_rng(0)
+    queries = [f"q{i // 50}" for i in range(2000)]
+    targets = [f"t{i}" for i in rng.integers(0, 400, size=2000)]
+    a = np.repeat(rng.integers(1, 300, size=40), 50)
+    b = np.where(np.repeat(rng.random(40) < 0.1, 50), 500, a)  # B loses every pair of 4 queries
+    naive = compare(a, b, 100)
+    clustered = compare(a, b, 100, queries=queries, targets=targets)
+    assert clustered["diff"] == naive["diff"] and clustered["se"] > 3 * naive["se"]
+    assert clustered["high"] - clustered["low"] > 3 * (naive["high"] - naive["low"])
+    assert (clustered["verdict"] == "tie") == (clustered["low"] <= 0 <= clustered["high"])
+
+
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     ws = tmp_path_factory.mktemp("results")
@@ -121,12 +135,18 @@ def test_table_end_to_end(table):
     assert len(trained["retrieval"]["test"]["ranks"]) == n_test and trained["retrieval"]["val"]["ranks"]
     assert trained["dim"] == 16 and _result(ws, "zero-shot")["dim"] == 64  # untrained: raw hidden state
     verdict = summary["verdicts"]["zero-shot"]
-    assert verdict["verdict"] == ("tie" if abs(verdict["diff"]) <= 2 * verdict["se"]
+    assert verdict["verdict"] == ("tie" if verdict["low"] <= 0 <= verdict["high"]
                                   else "ahead" if verdict["diff"] > 0 else "behind")
+    assert verdict["low"] < verdict["diff"] < verdict["high"]
     md = (ws / "docs" / "results.md").read_text()
     assert "Status: **complete**" in md and "not yet run" not in md
     assert "| NoteLLM |" in md and "Zero-shot LLM" in md and "python -m notellm.results" in md
     assert f"{100 * metrics['notellm_recall_at_100']:.2f} ±" in md
+    header = next(line for line in md.splitlines() if line.startswith("| Method | R@10"))
+    assert "R@100 unseen targets (%)" in header and "Budget (pairs seen)" in header and "| Prompt |" in header
+    row = next(line for line in md.splitlines() if line.startswith("| NoteLLM |"))
+    assert "| 8 (" in row and "notellm (official)" in row  # 2 steps of 4 pairs; the prompt's layout
+    assert "95% interval" in md
     for png in ("results_recall_at_k.png", "results_loss_curves.png"):
         assert (ws / "docs" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png in md
 

@@ -60,12 +60,14 @@ def minilm_embed(notes: pd.DataFrame | Sequence[str], model: SentenceTransformer
 def finetune_minilm(notes: pd.DataFrame, train_pairs: pd.DataFrame, epochs: int = 1, batch_size: int = 32,
                     lr: float = 2e-5, seed: int = 0, out_dir: str | Path | None = None, *,
                     model: SentenceTransformer | None = None, warmup_ratio: float = 0.1,
+                    max_pairs: int | None = None,
                     on_step: Callable[[int, float], None] | None = None,
                     progress: bool = False) -> SentenceTransformer:
     """Fine-tune MiniLM on ``train_pairs`` (note_id_a, note_id_b) with MultipleNegativesRankingLoss.
 
     AdamW with linear warmup (``warmup_ratio`` of the steps) and linear decay; ``on_step(step, loss)``
-    is called after every step. The model is returned in eval mode and, if ``out_dir`` is given,
+    is called after every step; ``max_pairs`` stops once that many training pairs were seen (a shared
+    budget). The model is returned in eval mode (``pairs_seen`` set on it) and, if ``out_dir`` is given,
     saved there atomically. Only training pairs may be passed: a ``split`` column with any other
     value is refused (test pairs must not leak into training).
     """
@@ -86,6 +88,9 @@ def finetune_minilm(notes: pd.DataFrame, train_pairs: pd.DataFrame, epochs: int 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     schedule = [batch for _ in range(epochs) for batch in distinct_batches(a, b, batch_size, rng)]
+    if max_pairs is not None:  # the same budget of training pairs as another row
+        sizes = np.cumsum([len(batch) for batch in schedule])
+        schedule = schedule[:int(np.searchsorted(sizes, max_pairs)) + 1]
     if not schedule:
         raise DataError("no batch of at least two distinct training pairs to learn from")
     model = model or load_minilm()
@@ -112,6 +117,7 @@ def finetune_minilm(notes: pd.DataFrame, train_pairs: pd.DataFrame, epochs: int 
         if on_step is not None:
             on_step(step, float(loss.detach()))
     model.eval()
+    model.pairs_seen = int(sum(len(batch) for batch in schedule))
     if out_dir is not None:
         with atomic_dir(out_dir) as tmp:
             model.save(str(tmp))
