@@ -3,6 +3,7 @@
     python benchmarks/bench_serving.py                 # SmolLM2-135M zero-shot, 200k-row collection
     python benchmarks/bench_serving.py --quick         # a smoke run (a few minutes)
     python benchmarks/bench_serving.py --model-dir DIR --write-docs
+    python benchmarks/bench_serving.py --interop --write-docs   # OpenAI route vs v1; export vs embed step
 
 One run: the model directory (untrained SmolLM2-135M written with ``notellm.model.modeldir``, or
 ``--model-dir``) is loaded in this process and its forward for one note is timed (token ids ready, inference
@@ -14,6 +15,11 @@ v1 requests to the embedder and ``{"note_id"}`` requests to the recommender: per
 request per client, then ``max(--requests, --min-rounds x clients)`` timed ones. The Milvus calls a
 recommendation makes (get the note's vector; search) are also timed alone, in this process, with searches of
 as many queries as there are clients (the micro-batcher shares one search call among concurrent requests).
+
+``--interop``: the same load generator against the predictor alone (``python -m serving.embedder``), one
+plain text per request over v1 and over ``/openai/v1/embeddings``, client counts interleaved; and, in this
+process, the platform's embed step (``embed_notes``) against the ``notellm export`` directory under plain
+``SentenceTransformer.encode`` on the same texts: notes/s and how far apart the vectors are.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ FULL = {"rows": 200_000, "notes": 64, "requests": 64, "min_rounds": 4, "bare_rep
         "search_repeats": 20}
 QUICK = {"rows": 5_000, "notes": 16, "requests": 16, "min_rounds": 2, "bare_repeats": 1, "search_repeats": 5}
 TARGETS = "p50(1) <= 1.3 x bare + 5 ms; throughput(32) >= 3 x throughput(1); p99 < 3 x p50"
+INTEROP_SECTION = "## Interoperability: OpenAI endpoint and sentence-transformers export"
+INTEROP = {"notes": 64, "requests": 32, "min_rounds": 2}
 
 
 def note_sample(count: int) -> list[dict[str, Any]]:
@@ -218,6 +226,118 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return results
 
 
+def export_vs_embed_step(model_dir: Path, texts: list[str], out: Path, batch_size: int) -> dict[str, Any]:
+    """notes/s of the platform's embed step and of the export under ``SentenceTransformer.encode`` (after
+    one untimed batch each), and the closest and farthest pair of their vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    from notellm.export import export_sentence_transformers
+    from notellm.model import embed_notes, load_model
+    from notellm.model.prompt import Note
+
+    export_sentence_transformers(model_dir, out)
+    model, exported = load_model(model_dir), SentenceTransformer(str(out), device="cpu")
+    notes = [Note("", "", t) for t in texts]
+    embed_notes(model, notes[:batch_size], batch_size)
+    exported.encode(texts[:batch_size], batch_size=batch_size)
+    start = time.perf_counter()
+    ours = embed_notes(model, notes, batch_size)
+    middle = time.perf_counter()
+    theirs = exported.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+    end = time.perf_counter()
+    cosines = (ours * theirs).sum(axis=1) / np.linalg.norm(theirs, axis=1)
+    return {"notes": len(texts), "batch_size": batch_size, "embed_step_notes_per_s": len(texts) / (middle - start),
+            "export_notes_per_s": len(texts) / (end - middle), "min_cosine": float(cosines.min()),
+            "max_abs_diff": float(np.abs(ours - theirs).max())}
+
+
+def measure_interop(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from notellm.config import ServingConfig
+    from notellm.vectorstore import _free_port, stop_lite_server
+
+    model_dir = args.model_dir or zero_shot_model(args.backbone, work / "model")
+    texts = [n["content"] for n in note_sample(args.notes)]  # plain text: each note's content
+    meta = model_meta(model_dir)
+    results: dict[str, Any] = {"model_version": meta["model_version"], "dim": meta["dim"],
+                               "export": export_vs_embed_step(model_dir, texts, work / "export", 32), "levels": {}}
+    print(f"export vs embed step: {results['export']}", file=sys.stderr)
+    name, port, log = ServingConfig().embedder_name, _free_port(), work / "embedder.log"
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "TOKENIZERS_PARALLELISM": "false"}
+    with log.open("wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "serving.embedder", "--model_name", name, "--model_dir",
+                                   str(model_dir), "--host", "127.0.0.1", "--http_port", str(port),
+                                   "--enable_grpc", "false"], stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    endpoints = {"v1": (f"{base}/v1/models/{name}:predict", lambda i: {"instances": [texts[i % len(texts)]]}),
+                 "openai": (f"{base}/openai/v1/embeddings",
+                            lambda i: {"model": name, "input": texts[i % len(texts)]})}
+    try:
+        wait_ready(f"{base}/v2/health/ready", server, log.read_text, timeout_s=900)
+        for clients in args.clients:
+            for what, (url, body) in endpoints.items():
+                total = max(args.requests, args.min_rounds * clients)
+                row = asyncio.run(closed_loop(url, body, clients, total))
+                results["levels"].setdefault(what, []).append(row)
+                print(f"{what}: {row}", file=sys.stderr)
+    finally:
+        stop_lite_server(server, timeout_s=30)
+    return results
+
+
+def interop_markdown(results: dict[str, Any]) -> str:
+    e = results["export"]
+    lines = ["| route | clients | requests | p50 (ms) | p99 (ms) | requests/s |", "|---|---:|---:|---:|---:|---:|"]
+    for r1, r2 in zip(results["levels"]["v1"], results["levels"]["openai"]):
+        for what, r in (("v1", r1), ("openai", r2)):
+            lines.append(f"| {what} | {r['clients']} | {r['requests']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+                         f"| {r['rps']:.1f} |")
+    lines += ["", "| embedder | notes | batch | notes/s |", "|---|---:|---:|---:|",
+              f"| platform embed step (`embed_notes`) | {e['notes']} | {e['batch_size']} "
+              f"| {e['embed_step_notes_per_s']:.1f} |",
+              f"| export, `SentenceTransformer.encode` | {e['notes']} | {e['batch_size']} "
+              f"| {e['export_notes_per_s']:.1f} |",
+              "", f"Vectors: lowest cosine between the two {e['min_cosine']:.7f}, largest element difference "
+              f"{e['max_abs_diff']:.1e} (target: cosine >= 1 - 1e-5)."]
+    return "\n".join(lines) + "\n"
+
+
+def interop_section(table: str, args: argparse.Namespace, load: tuple[float, float]) -> str:
+    import torch
+
+    model = ("a trained model (`--model-dir`)" if args.model_dir
+             else f"the untrained (zero-shot) {args.backbone}")
+    return f"""{INTEROP_SECTION}
+
+The OpenAI embeddings route beside v1 on the same predictor, and the `notellm export --format
+sentence-transformers` directory beside the platform's embed step, for {model}, measured with
+`benchmarks/bench_serving.py --interop`.
+
+- Routes: the predictor alone (`python -m serving.embedder` on loopback, default `serving` settings), the
+  same closed-loop generator as above; each request carries one MovieLens note's content as plain text
+  ({args.notes} distinct texts), as `{{"instances": [text]}}` to v1 and `{{"model", "input": text}}` to
+  `/openai/v1/embeddings`. Per client count the two routes run one after the other.
+- Export: in the benchmark process, the same texts embedded by `notellm.model.embed_notes` (the embed
+  step; a text is a note's content) and by `SentenceTransformer(export_dir).encode`, batches of 32, after
+  one untimed batch each.
+
+Measured on {os.cpu_count()} CPU cores ({platform.machine()}, shared with other work), {args.threads} torch
+thread(s) in the server and in the benchmark process, Python {platform.python_version()}, torch
+{torch.__version__}; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after.
+
+{table}
+Reading: the two routes run the same micro-batched forward, so their difference is the cost of parsing and
+answering, small next to a forward on a CPU; with other work on the machine, differences of this size between
+them are noise (compare the load averages). The embed step runs the instruction prefix that every prompt
+shares once per batch and reuses its keys and values (`model.share_prefix`); `SentenceTransformer.encode`
+runs every prompt whole, hence fewer notes/s for the same vectors.
+
+Reproduce: `{docs_command(sys.argv[1:])}` (rewrites this section; without `--write-docs` it prints the
+tables).
+"""
+
+
 def checks(results: dict[str, Any]) -> list[str]:
     """The targets, each with its measured ratio."""
     embed = {r["clients"]: r for r in results["levels"]["embed"]}
@@ -319,11 +439,14 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run: " + str(QUICK))
+    parser.add_argument("--interop", action="store_true",
+                        help="OpenAI route vs v1 and the sentence-transformers export vs the embed step "
+                             f"(defaults {INTEROP})")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--write-docs", action="store_true",
                         help="rewrite the Serving section of docs/benchmarks.md")
     args = parser.parse_args()
-    for key, value in (QUICK if args.quick else FULL).items():
+    for key, value in (INTEROP if args.interop else QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     sys.path.insert(0, str(ROOT))
@@ -335,13 +458,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        results = measure(args, Path(tmp))
-    table = markdown(results)
+        results = (measure_interop if args.interop else measure)(args, Path(tmp))
+    table = (interop_markdown if args.interop else markdown)(results)
     print(table)
     if args.out:
         write_json(results, args.out)
     if args.write_docs:
-        write_section(SECTION, section(table, results, args, (before, os.getloadavg()[0])))
+        load = (before, os.getloadavg()[0])
+        write_section(*((INTEROP_SECTION, interop_section(table, args, load)) if args.interop
+                        else (SECTION, section(table, results, args, load))))
         print("wrote docs/benchmarks.md", file=sys.stderr)
 
 
