@@ -257,21 +257,51 @@ class _World:
 # --- every container the manifests start ---------------------------------------------------------------
 
 
-def test_feast_production_config_loads_in_the_image(image: str) -> None:
-    """The production feature server's stores (Redis online store, SQL registry on PostgreSQL) load in the
-    image: the config parses, the Redis store class imports, and SQLAlchemy finds the registry's driver."""
-    config = Path(__file__).resolve().parents[1] / "manifests/overlays/production/feast/feature_store.yaml"
-    script = """
-import sqlalchemy
+FEAST_CHECK = """
+import sqlalchemy, sys
+from pathlib import Path
 from feast.infra.online_stores.helpers import get_online_store_from_config
 from feast.repo_config import load_repo_config
-from pathlib import Path
-cfg = load_repo_config(Path("/app/feature_repo"), Path("/etc/feast/feature_store.yaml"))
+cfg = load_repo_config(Path("/app/feature_repo"), Path(sys.argv[1]))
 store = get_online_store_from_config(cfg.online_store)
-sqlalchemy.engine.make_url(cfg.registry.path).get_dialect().import_dbapi()
-print(type(store).__name__, cfg.registry.registry_type)
+registry = getattr(cfg.registry, "registry_type", "file")
+if registry == "sql":
+    sqlalchemy.engine.make_url(cfg.registry.path).get_dialect().import_dbapi()
+print(type(store).__name__, registry)
 """
-    out = run(["run", "--rm", "-v", f"{config}:/etc/feast/feature_store.yaml:ro",
-               "-e", "FEAST_REGISTRY_URL=postgresql+psycopg://feast:pw@postgres:5432/feast",
-               "-e", "FEAST_REDIS_CONNECTION=redis:6379", image, "python", "-c", script]).stdout
-    assert out.split() == ["RedisOnlineStore", "sql"]
+# What the Secrets named in manifests/README.md hold, in the form given there (values are dummies).
+SECRET_VALUES = {"notellm-feast": {"FEAST_REGISTRY_URL": "postgresql+psycopg://feast:pw@postgres:5432/feast",
+                                   "FEAST_REDIS_CONNECTION": "redis:6379"}}
+
+
+@pytest.mark.parametrize("target", ["overlays/dev", "overlays/production"])
+def test_every_manifest_container_starts_its_command_and_loads_its_config(image: str, target: str,
+                                                                          tmp_path: Path) -> None:
+    """Each container the overlay starts from the project image: its command runs in the image (``--help``
+    after its own arguments), and each Feast config it mounts loads its stores there (Redis and the SQL
+    registry's driver in production). The CUDA predictor's command runs in the CPU build: the same code."""
+    from manifest_containers import containers
+
+    specs = containers(target)
+    assert {spec["workload"] for spec in specs} >= {"InferenceService/notellm/predictor",
+                                                    "InferenceService/notellm/transformer", "Deployment/notellm-feast"}
+    stores = {}
+    for number, spec in enumerate(specs):
+        env = {**spec["env"], **{name: "dummy" for name in spec["secret_env"]}}
+        for secret in spec["env_from_secrets"]:
+            env.update(SECRET_VALUES[secret])
+        args = ["run", "--rm", *(f"-e={key}={value}" for key, value in env.items())]
+        for index, (path, text) in enumerate(spec["files"].items()):
+            local = tmp_path / f"{number}-{index}"
+            local.write_text(text)
+            local.chmod(0o644)
+            args.append(f"-v={local}:{path}:ro")
+        if spec["working_dir"]:
+            args.append(f"--workdir={spec['working_dir']}")
+        out = run([*args, image, *spec["argv"], "--help"]).stdout
+        assert "usage" in out.lower(), (spec["workload"], out[-2000:])
+        for path in spec["files"]:
+            if path.endswith("feature_store.yaml"):
+                stores[spec["workload"]] = run([*args, image, "python", "-c", FEAST_CHECK, path]).stdout.split()
+    expected = ["RedisOnlineStore", "sql"] if target == "overlays/production" else ["SqliteOnlineStore", "file"]
+    assert stores == {"Deployment/notellm-feast": expected}
