@@ -233,11 +233,16 @@ def _print_trials(summary: dict[str, Any]) -> None:
 
 @app.command()
 def compile(out: Path = Path("pipelines/notellm_pipeline.yaml"),
-            gpu: Annotated[bool, typer.Option(help="Ask for a GPU in finetune and embed.")] = False) -> None:
+            gpu: Annotated[bool, typer.Option(help="Ask for a GPU in finetune and embed (run in IMAGE-cuda).")] = False,
+            image: Annotated[str | None, typer.Option(
+                help="REGISTRY/NAME:TAG every step runs in (default: the pipeline's own).")] = None) -> None:
     """Write the pipeline YAML that you upload in the Kubeflow UI."""
     from pipelines.compile import compile_pipeline
 
-    typer.echo(f"wrote {compile_pipeline(out, gpu=gpu)}")
+    try:
+        typer.echo(f"wrote {compile_pipeline(out, gpu=gpu, image=image)}")
+    except NoteLLMError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -315,6 +320,11 @@ def recommend(note_id: Annotated[str | None, typer.Argument(help="A note already
 def run(workspace: Path = WORKSPACE,
         full: Annotated[bool, typer.Option(help="The full training budget instead of the quick one.")] = False,
         param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter name=value.")] = None,
+        runner: Annotated[str, typer.Option(
+            help="subprocess: each step in this environment; docker: each step in the project image "
+                 "(docker, or podman's Docker API through DOCKER_HOST).")] = "subprocess",
+        image: Annotated[str | None, typer.Option(help="With --runner docker: the image (default: the "
+                                                        "pipeline's, built by `make image`).")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show kfp.local's whole output (by "
                                               "default it goes to WORKSPACE/run.log).")] = False,
         set_: SetOpt = None) -> None:
@@ -323,6 +333,7 @@ def run(workspace: Path = WORKSPACE,
     from pipelines.local import run_and_summarize
 
     try:
-        run_and_summarize(workspace, full=full, params=param or [], overrides=set_ or [], verbose=verbose)
+        run_and_summarize(workspace, full=full, params=param or [], overrides=set_ or [], runner=runner,
+                          image=image, verbose=verbose)
     except NoteLLMError as exc:
         _fail(exc)

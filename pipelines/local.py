@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from notellm.errors import NoteLLMError
 from pipelines.notellm_pipeline import PIPELINE_NAME, notellm_pipeline
 
 
@@ -26,8 +27,17 @@ def local_parameters(workspace: Path, **params: Any) -> dict[str, Any]:
             "milvus_uri": str(workspace / "milvus.db"), "deploy_target": "local", **params}
 
 
-def run_local(workspace: Path, caching: bool = False, **params: Any) -> Path:
+RUNNERS = ("subprocess", "docker")
+
+
+def run_local(workspace: Path, caching: bool = False, runner: str = "subprocess", image: str | None = None,
+              **params: Any) -> Path:
     """Run the whole pipeline locally; return the run's directory (one folder per task).
+
+    ``runner`` "subprocess" runs each task in a process of this environment; "docker" runs each in the project
+    image (``image``, default the components' image) through kfp's DockerRunner, with docker or podman's
+    Docker API (``DOCKER_HOST``). Every path a task is given must then lie under ``workspace``, the one host
+    folder mounted into the tasks' containers.
 
     ``caching`` turns on kfp.local's task cache (off by default, as in kfp.local). Its key is a task's
     parameters and input artifact paths, so only ``make-config`` (a pure function of the parameters) can
@@ -44,9 +54,19 @@ def run_local(workspace: Path, caching: bool = False, **params: Any) -> Path:
     root = workspace / "runs"
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
-               enable_caching=caching)
-    notellm_pipeline(**local_parameters(workspace, **params))
+    arguments = local_parameters(workspace, **params)
+    with contextlib.ExitStack() as stack:
+        if runner == "docker":
+            from pipelines.docker_runner import docker_runner, require_under
+
+            require_under(workspace, arguments)
+            task_runner = stack.enter_context(docker_runner(workspace, image))
+        elif runner == "subprocess":
+            task_runner = local.SubprocessRunner(use_venv=False)
+        else:
+            raise NoteLLMError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+        local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True, enable_caching=caching)
+        notellm_pipeline(**arguments)
     created = sorted((p for p in set(root.iterdir()) - before if p.name.startswith(PIPELINE_NAME)),
                      key=lambda p: p.stat().st_mtime)
     if not created:
@@ -159,7 +179,8 @@ def summarize(workspace: Path, run_dir: Path) -> str:
 
 
 def run_and_summarize(workspace: Path, full: bool = False, params: list[str] | None = None,
-                      overrides: list[str] | None = None, verbose: bool = False) -> Path:
+                      overrides: list[str] | None = None, runner: str = "subprocess",
+                      image: str | None = None, verbose: bool = False) -> Path:
     """``notellm run``: the pipeline locally with the quick (or full) budget, then print and save a summary.
 
     Quiet unless ``verbose``: one line per step while it runs (:func:`pipelines.progress.quiet_run`),
@@ -175,7 +196,7 @@ def run_and_summarize(workspace: Path, full: bool = False, params: list[str] | N
     if overrides:
         arguments["overrides"] = [*arguments.get("overrides", []), *overrides]
     with quiet_run(workspace, verbose):
-        run_dir = run_local(workspace, **arguments)
+        run_dir = run_local(workspace, runner=runner, image=image, **arguments)
     text = summarize(workspace.resolve(), run_dir)
     with atomic_path(workspace / "summary.md") as tmp:
         tmp.write_text(text)
