@@ -39,14 +39,35 @@ def test_every_component_runs_in_the_project_image() -> None:
 
 def test_dockerfile_installs_what_the_components_import() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "pip install -e ." in dockerfile
+    assert "pip install --no-deps -e ." in dockerfile
     for folder in ("notellm", "components", "pipelines", "serving", "feature_repo"):
         assert re.search(rf"^COPY {folder} \./{folder}$", dockerfile, re.M), folder
     for source in (ROOT / "components").glob("*.py"):
         imported = set(re.findall(r"^[ \t]+from (\w+)", source.read_text(), re.M))
         assert imported <= {"notellm", "pathlib", "collections", "base64", "shutil", "tempfile"}, source.name
     tag = BASE_IMAGE.rsplit(":", 1)[1]
-    assert f"-t {BASE_IMAGE} ." in dockerfile and tag in (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{tag}"' in (ROOT / "pyproject.toml").read_text()
+    assert f"IMAGE ?= {BASE_IMAGE}\n" in (ROOT / "Makefile").read_text()  # `make image` builds what the steps run
+
+
+def _images(path: Path) -> dict[str, str]:
+    executors = next(yaml.safe_load_all(path.read_text()))["deploymentSpec"]["executors"]
+    return {name: executor["container"]["image"] for name, executor in executors.items()}
+
+
+def test_the_image_is_a_compile_setting(tmp_path: Path) -> None:
+    mine = "registry.example.com/team/notellm:1.4"
+    images = _images(compile_pipeline(tmp_path / "mine.yaml", image=mine))
+    assert set(images.values()) == {mine} and len(images) == 11
+    gpu = _images(compile_pipeline(tmp_path / "gpu.yaml", gpu=True, image=mine))
+    assert {name for name, image in gpu.items() if image == f"{mine}-cuda"} == {"exec-finetune", "exec-embed"}
+    assert {image for name, image in gpu.items() if name not in {"exec-finetune", "exec-embed"}} == {mine}
+    # the default GPU build runs the default image's CUDA tag; the rest of the file is the compiler's own
+    default_gpu = compile_pipeline(tmp_path / "default-gpu.yaml", gpu=True).read_text()
+    assert f"image: {BASE_IMAGE}-cuda" in default_gpu and default_gpu.startswith("# PIPELINE DEFINITION")
+    for bad in ("registry.example.com/team/notellm", "notellm@sha256:0123", "bad image"):
+        with pytest.raises(ConfigError, match="image"):
+            compile_pipeline(tmp_path / "bad.yaml", gpu=True, image=bad)
 
 
 def test_parameters_are_typed_by_the_pipeline_signature() -> None:
