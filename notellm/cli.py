@@ -93,12 +93,14 @@ def data_import(
 
 @app.command()
 def mine(data: Path = WORKSPACE / "data", out: Path = WORKSPACE / "mining",
+         engine: Annotated[str | None, typer.Option(
+             help="duckdb (one process) or spark (local mode; needs Java); default: mining.engine.")] = None,
          config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Mine co-occurrence pairs from the events (paper section 4.3) and split them without leakage; with
     ready pairs in DATA (`notellm data import --pairs`), split those instead."""
     from notellm.mining import run_mining
 
-    cfg = _config(config, set_)
+    cfg = _config(config, set_, [f"mining.engine={engine}"] if engine else None)
     try:
         stats = run_mining(data, out, cfg.mining)
     except NoteLLMError as exc:
