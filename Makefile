@@ -16,6 +16,7 @@ RUN_ARGS ?=
 IMAGE ?= ghcr.io/notellm/notellm:0.1.0
 CUDA ?= 0
 BASE ?=
+NO_CACHE ?= 0
 
 .PHONY: install run test image clean
 
@@ -36,7 +37,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 image:
-	IMAGE="$(IMAGE)" CUDA="$(CUDA)" BASE="$(BASE)" PYTHON="$(PYTHON)" image/build.sh
+	IMAGE="$(IMAGE)" CUDA="$(CUDA)" BASE="$(BASE)" NO_CACHE="$(NO_CACHE)" PYTHON="$(PYTHON)" image/build.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

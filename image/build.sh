@@ -5,6 +5,7 @@
 #   BASE=debian  for machines that reach package registries but no image registry: the base image is built
 #          from Debian packages (image/debian-base.sh) and torch comes from a local wheelhouse that pip fills.
 #          Unset: python:3.11-slim when the engine can pull it, else the Debian base.
+#   NO_CACHE=1  rebuild every layer (benchmarks/bench_image.py --cold).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/.."
@@ -12,6 +13,7 @@ source "$here/engine.sh"
 
 IMAGE="${IMAGE:?set IMAGE=registry/name:tag}"
 args=()
+[ "${NO_CACHE:-0}" = 1 ] && args+=(--no-cache)
 if [ "${CUDA:-0}" = 1 ]; then
   IMAGE="$IMAGE-cuda"
   args+=(--build-arg "TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cu128}")

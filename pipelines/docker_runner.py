@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,10 +35,42 @@ def _engine_client() -> Any:
         client = docker.from_env()
         client.ping()
     except Exception as exc:  # docker raises several unrelated types for "no engine here"
-        raise NoteLLMError(f"--runner docker needs a running container engine ({exc}); with podman: "
-                           "podman system service --time=0 unix:///tmp/podman.sock & "
-                           "export DOCKER_HOST=unix:///tmp/podman.sock") from exc
+        raise NoteLLMError(f"--runner docker needs a running container engine ({exc}): start docker, or install "
+                           "podman (its Docker API is started for the run when DOCKER_HOST is unset)") from exc
     return client
+
+
+@contextlib.contextmanager
+def podman_api(folder: Path, timeout_s: float = 30) -> Iterator[str]:
+    """``podman system service`` on a socket in ``folder`` for as long as the block runs; yields its
+    ``DOCKER_HOST`` URL (podman reads ``CONTAINERS_CONF`` as usual)."""
+    socket = folder / "podman.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not socket.exists():
+            if service.poll() is not None or time.monotonic() > deadline:
+                raise NoteLLMError(f"podman system service did not start (exit status {service.poll()})")
+            time.sleep(0.2)
+        yield f"unix://{socket}"
+    finally:
+        service.terminate()
+        service.wait(20)
+
+
+@contextlib.contextmanager
+def docker_host() -> Iterator[None]:
+    """A Docker API for the block: docker's (or ``DOCKER_HOST``'s), else podman's, started for it."""
+    if os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists() or not shutil.which("podman"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="notellm-podman-") as folder, podman_api(Path(folder)) as url:
+        os.environ["DOCKER_HOST"] = url
+        try:
+            yield
+        finally:
+            os.environ.pop("DOCKER_HOST", None)
 
 
 def check_image(image: str) -> None:
@@ -103,11 +139,12 @@ def docker_runner(workspace: Path, image: str | None = None) -> Iterator[Any]:
     from kfp import local
     from kfp.local import docker_task_handler
 
-    check_image(image or BASE_IMAGE)
-    prepare_workspace(workspace)
-    original = docker_task_handler.run_docker_container
-    docker_task_handler.run_docker_container = _run_container(workspace, image)
-    try:
-        yield local.DockerRunner()
-    finally:
-        docker_task_handler.run_docker_container = original
+    with docker_host():
+        check_image(image or BASE_IMAGE)
+        prepare_workspace(workspace)
+        original = docker_task_handler.run_docker_container
+        docker_task_handler.run_docker_container = _run_container(workspace, image)
+        try:
+            yield local.DockerRunner()
+        finally:
+            docker_task_handler.run_docker_container = original

@@ -53,23 +53,15 @@ def run(args: list[str], timeout: float = 300, check: bool = True) -> subprocess
 def docker_api(folder: Path) -> Iterator[str]:
     """A Docker API endpoint for the docker Python client (kfp's DockerRunner): docker's own, or
     ``podman system service`` on a socket in ``folder``, for as long as the block runs."""
+    from pipelines.docker_runner import podman_api
+
     name, env = engine()
     if name == "docker":
         yield os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         return
-    url = f"unix://{folder / 'podman.sock'}"
-    service = subprocess.Popen([name, "system", "service", "--time=0", url], env={**os.environ, **env},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not (folder / "podman.sock").exists():
-            if service.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("podman system service did not start")
-            time.sleep(0.2)
+    os.environ.update(env)  # podman's settings for the service
+    with podman_api(folder) as url:
         yield url
-    finally:
-        service.terminate()
-        service.wait(20)
 
 
 @contextlib.contextmanager
