@@ -20,7 +20,8 @@ from notellm.text_budget import describe, truncation_stats
 STEPS = ["make-config", "prepare-data", "note-features", "mine-pairs", "finetune", "embed", "evaluate",
          "check-drift", "gate", "deploy", "index"]
 SETTINGS = ["data.dataset=files", "evaluation.ks=[10,50]", "evaluation.gate_k=50",
-            "evaluation.generation_notes=3", "training.threads=1", "embedding.threads=1", "drift.sample_size=100"]
+            "evaluation.generation_notes=3", "training.threads=1", "embedding.threads=1",
+            "drift.sample_size=100"]
 
 
 def test_truncation_stats_count_notes_and_units_cut():
