@@ -237,12 +237,15 @@ def _print_trials(summary: dict[str, Any]) -> None:
 def compile(out: Path = Path("pipelines/notellm_pipeline.yaml"),
             gpu: Annotated[bool, typer.Option(help="Ask for a GPU in finetune and embed (run in IMAGE-cuda).")] = False,
             image: Annotated[str | None, typer.Option(
-                help="REGISTRY/NAME:TAG every step runs in (default: the pipeline's own).")] = None) -> None:
+                help="REGISTRY/NAME:TAG every step runs in (default: the pipeline's own).")] = None,
+            cluster_jobs: Annotated[bool, typer.Option(
+                help="Mount the shared claim (parameter shared_pvc) in mine and finetune, for "
+                     "spark_on_cluster and train_nodes >= 1.")] = False) -> None:
     """Write the pipeline YAML that you upload in the Kubeflow UI."""
     from pipelines.compile import compile_pipeline
 
     try:
-        typer.echo(f"wrote {compile_pipeline(out, gpu=gpu, image=image)}")
+        typer.echo(f"wrote {compile_pipeline(out, gpu=gpu, image=image, cluster_jobs=cluster_jobs)}")
     except NoteLLMError as exc:
         _fail(exc)
 

@@ -44,8 +44,10 @@ def set_images(text: str, image: str) -> str:
     return "".join(lines)
 
 
-def compile_pipeline(out: Path = DEFAULT_PACKAGE, gpu: bool = False, image: str | None = None) -> Path:
-    """Write the compiled pipeline (IR YAML) to ``out`` atomically, its steps in ``image``."""
+def compile_pipeline(out: Path = DEFAULT_PACKAGE, gpu: bool = False, image: str | None = None,
+                     cluster_jobs: bool = False) -> Path:
+    """Write the compiled pipeline (IR YAML) to ``out`` atomically, its steps in ``image``; ``cluster_jobs``
+    mounts the shared claim that a SparkApplication or TrainJob step needs."""
     from kfp import compiler
 
     from pipelines.notellm_pipeline import build_pipeline
@@ -54,7 +56,7 @@ def compile_pipeline(out: Path = DEFAULT_PACKAGE, gpu: bool = False, image: str 
         raise ConfigError(f"image {image!r} is not an image reference (REGISTRY/NAME:TAG)")
     with atomic_path(out) as tmp:
         yaml_path = tmp.with_suffix(".yaml")
-        compiler.Compiler().compile(build_pipeline(gpu=gpu), str(yaml_path))
+        compiler.Compiler().compile(build_pipeline(gpu=gpu, cluster_jobs=cluster_jobs), str(yaml_path))
         if image is not None or gpu:
             yaml_path.write_text(set_images(yaml_path.read_text(), image or BASE_IMAGE))
         yaml_path.replace(tmp)

@@ -14,12 +14,15 @@ from components.make_config import make_config
 from components.mine_pairs import mine_pairs
 from components.note_features import note_features
 from components.prepare_data import prepare_data
+from notellm.k8s_jobs import SHARED_MOUNT
 
 PIPELINE_NAME = "notellm"
 
 
-def build_pipeline(gpu: bool = False):
-    """The pipeline function; ``gpu`` asks for one NVIDIA GPU for the finetune and embed steps."""
+def build_pipeline(gpu: bool = False, cluster_jobs: bool = False):
+    """The pipeline function; ``gpu`` asks for one NVIDIA GPU for the finetune and embed steps;
+    ``cluster_jobs`` mounts the shared claim (``shared_pvc``) in the mine and finetune steps, which the
+    SparkApplication (``spark_on_cluster``) and the TrainJob (``train_nodes`` >= 1) need."""
 
     @dsl.pipeline(name=PIPELINE_NAME, description="NoteLLM: train, evaluate, drift-check and serve note embeddings")
     def notellm_pipeline(
@@ -41,6 +44,13 @@ def build_pipeline(gpu: bool = False):
         namespace: str = "kubeflow-user",
         overrides: list = [],  # noqa: B006 - KFP parameters are declared with their defaults
         config_yaml: str = "",
+        mining_engine: str = "duckdb",
+        spark_on_cluster: bool = False,
+        spark_executors: int = 2,
+        train_nodes: int = 0,
+        train_gpus_per_node: int = 1,
+        train_runtime: str = "torch-distributed",
+        shared_pvc: str = "notellm-shared",
     ):
         cfg = make_config(dataset=dataset, backbone=backbone, max_steps=max_steps, batch_pairs=batch_pairs,
                           learning_rate=learning_rate, alpha=alpha, window_positions=window_positions,
@@ -51,8 +61,17 @@ def build_pipeline(gpu: bool = False):
         features = note_features(data=data.outputs["data"], feature_repo=feature_repo)
         features.set_caching_options(False)  # writes the Feast store
         notes = features.outputs["notes"]
-        pairs = mine_pairs(config=cfg.output, notes=notes)
-        trained = finetune(config=cfg.output, notes=notes, pairs=pairs.outputs["pairs"])
+        pairs = mine_pairs(config=cfg.output, notes=notes, engine=mining_engine, spark_on_cluster=spark_on_cluster,
+                           spark_executors=spark_executors, shared_pvc=shared_pvc,
+                           run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        trained = finetune(config=cfg.output, notes=notes, pairs=pairs.outputs["pairs"], train_nodes=train_nodes,
+                           train_gpus_per_node=train_gpus_per_node, train_runtime=train_runtime,
+                           shared_pvc=shared_pvc, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        if cluster_jobs:
+            from kfp import kubernetes
+
+            for task in (pairs, trained):
+                kubernetes.mount_pvc(task, pvc_name=shared_pvc, mount_path=SHARED_MOUNT)
         trained.set_memory_limit("32G").set_cpu_limit("8")
         vectors = embed(config=cfg.output, model=trained.outputs["model"], notes=notes)
         vectors.set_memory_limit("16G")

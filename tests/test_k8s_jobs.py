@@ -241,3 +241,18 @@ def test_mine_step_on_a_spark_application_runs_the_driver(stand_in, tmp_path: Pa
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out" / "pairs.parquet"),
                                   pd.read_parquet(tmp_path / "local" / "pairs.parquet"))
     jsonschema.validate(server.created[0], schema("sparkapplication.schema.json"))
+
+
+def test_compiled_pipeline_records_the_cluster_parameters(tmp_path: Path) -> None:
+    import yaml
+
+    from pipelines.compile import compile_pipeline
+
+    docs = list(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", cluster_jobs=True).read_text()))
+    params = docs[0]["root"]["inputDefinitions"]["parameters"]
+    assert params["mining_engine"]["defaultValue"] == "duckdb" and params["train_nodes"]["defaultValue"] == 0
+    assert params["train_runtime"]["defaultValue"] == "torch-distributed"
+    assert {"spark_on_cluster", "spark_executors", "train_gpus_per_node", "shared_pvc"} <= params.keys()
+    mounts = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(mounts) == {"exec-mine-pairs", "exec-finetune"}
+    assert all(e["pvcMount"][0]["mountPath"] == "/mnt/notellm-shared" for e in mounts.values())
