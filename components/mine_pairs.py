@@ -1,4 +1,5 @@
-"""mine_pairs: co-occurrence pairs (paper section 4.3) with a leakage-free train/val/test split."""
+"""mine_pairs: co-occurrence pairs (paper section 4.3), or the user's ready pairs, with a leakage-free
+train/val/test split."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
@@ -23,7 +24,7 @@ def mine_pairs(config: str, notes: Input[Dataset], pairs: Output[Dataset], stats
     from notellm.kfp_io import config_from_yaml, config_yaml, log_metrics
 
     config = config_yaml([f"mining.engine={engine}"], config)
-    if spark_on_cluster:
+    if spark_on_cluster and not (Path(notes.path) / "pairs.parquet").is_file():  # ready pairs: nothing to mine
         where = Cluster(read_namespace(), os.environ["HOSTNAME"], Shared(shared_pvc), run_id)
         result = mine_on_spark(config, Path(notes.path), Path(pairs.path), where, executors=spark_executors)
     else:
