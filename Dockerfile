@@ -6,15 +6,22 @@
 # Layers go from the least to the most often changed: torch, the dependencies, the weights, the code.
 ARG PYTHON_IMAGE=python:3.11-slim
 
+# The extras the image carries: cluster (Feast's Redis online store and SQL registry drivers) and spark
+# (mining.engine=spark and the Spark operator's driver and executors; with a Java runtime). A smaller image
+# without Spark: --build-arg EXTRAS=cluster.
+ARG EXTRAS="cluster spark"
+
 # The runtime requirements alone, out of pyproject.toml: the dependency layer below is rebuilt only when they
-# change (not when the test extras or the project's metadata do). The cluster extras add Feast's Redis online
-# store and SQL registry drivers.
+# change (not when the test extras or the project's metadata do).
 FROM ${PYTHON_IMAGE} AS requirements
+ARG EXTRAS
 COPY pyproject.toml /tmp/
-RUN python -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['cluster']))" > /tmp/requirements.txt
+RUN python -c "import sys, tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" \
+    ${EXTRAS} > /tmp/requirements.txt
 
 FROM ${PYTHON_IMAGE}
+ARG EXTRAS
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
@@ -26,6 +33,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     HOME=/home/notellm
 
+# Spark's Java runtime, from Debian (the base images are Debian bookworm).
+RUN case " ${EXTRAS} " in *" spark "*) apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless \
+      && rm -rf /var/lib/apt/lists/* ;; esac
 # A current pip first: an old one ignores extras it cannot parse (pymilvus[milvus-lite] went missing).
 RUN pip install --upgrade "pip>=25" \
  && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \

@@ -36,14 +36,16 @@ def image() -> str:
 
 def test_image_runs_as_its_user_with_what_the_steps_need(image: str) -> None:
     script = ("id -u && pwd && touch /workspace/probe && notellm --help >/dev/null && echo help-ok && "
-              "python -c 'import milvus_lite, torch; print(\"cuda\", torch.version.cuda)' && pip list")
+              "python -c 'import milvus_lite, pyspark, torch; print(\"cuda\", torch.version.cuda)' && "
+              "java -version 2>&1 | head -1 && pip list")
     out = run(["run", "--rm", image, "sh", "-c", script]).stdout
-    uid, workdir, help_ok, cuda = out.splitlines()[:4]
+    uid, workdir, help_ok, cuda, java = out.splitlines()[:5]
     assert (uid, workdir, help_ok) == ("1000", "/workspace", "help-ok")
     assert cuda == "cuda None"  # the CPU image carries no CUDA build of torch
     assert "nvidia" not in out.lower()  # nor any CUDA library
-    packages = {line.split()[0].lower() for line in out.splitlines()[5:] if line.strip()}
-    assert {"milvus-lite", "kfp", "kserve", "feast", "evidently", "redis", "psycopg"} <= packages
+    assert java.startswith("openjdk version")  # Spark's runtime (mining.engine=spark, SparkApplication)
+    packages = {line.split()[0].lower() for line in out.splitlines()[6:] if line.strip()}
+    assert {"milvus-lite", "kfp", "kserve", "feast", "evidently", "redis", "psycopg", "pyspark"} <= packages
 
 
 # --- the pipeline through kfp's DockerRunner ---------------------------------------------------------
