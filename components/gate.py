@@ -1,21 +1,35 @@
-"""gate: deploy only if recall holds against the serving model (or baseline) and drift is within bounds."""
+"""gate: deploy the best of NoteLLM and the challenger on val recall, only if it beats the serving model by a
+lead outside the interval and drift is within bounds."""
+
+from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Markdown, Output
+from kfp.dsl import Dataset, Input, Markdown, Output
 
 from components import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def gate(recall: float, reference_recall: float, reference: str, drift_passed: bool, drift_reasons: str,
-         min_gain: float, metric: str, decision: Output[Markdown]) -> bool:
-    """True to deploy; the decision and its reasons are recorded as Markdown either way."""
+def gate(config: str, notes: Input[Dataset], pairs: Input[Dataset], embeddings: Input[Dataset],
+         challenger_embeddings: Input[Dataset], challenger: bool, serving_root: str, drift_passed: bool,
+         drift_reasons: str, min_gain: float, decision: Output[Markdown]
+         ) -> NamedTuple("Gate", [("Output", bool), ("winner", str), ("recall", float)]):
+    """``Output`` True to deploy ``winner`` (``notellm`` or ``challenger``; empty when nothing deploys), with
+    its val recall; the decision, every model's val recall and the reasons are recorded as Markdown.
+    (The flag is named ``Output``: kfp.local resolves a condition on a task's ``Output`` but not on a named
+    output.)"""
+    from collections import namedtuple
     from pathlib import Path
 
-    from notellm.gate import decide
+    from notellm import steps
+    from notellm.kfp_io import config_from_yaml
 
-    result = decide(recall, reference_recall, reference, drift_passed,
-                    [r for r in drift_reasons.split("; ") if r], metric=metric,
-                    min_gain=min_gain)
-    Path(decision.path).write_text(result.markdown())
-    return result.deploy
+    candidates = {"notellm": Path(embeddings.path)}
+    if challenger:
+        candidates["challenger"] = Path(challenger_embeddings.path)
+    result = steps.gate(config_from_yaml(config), Path(notes.path), Path(pairs.path), candidates,
+                        Path(serving_root) if serving_root else None, drift_passed,
+                        [r for r in drift_reasons.split("; ") if r], min_gain)
+    Path(decision.path).write_text(result["markdown"])
+    recall = result["recall"] if result["deploy"] else -1.0
+    return namedtuple("Gate", ["Output", "winner", "recall"])(result["deploy"], result["winner"], recall)

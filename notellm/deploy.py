@@ -1,8 +1,8 @@
 """Deploy a model directory: locally into a serving root, on a cluster by patching the InferenceService.
 
-Both targets keep a serving record (``<serving_root>/current.json``: model version, where the model lives,
-its metrics) that the next run's gate compares against. Promotion is atomic: the model is copied in full
-before the record points to it, so a reader of the record never finds a half-copied model.
+Both targets keep a serving record (``<serving_root>/current.json``: model version, kind and dimension,
+where the model lives, its metrics) that the next run's gate compares against. Promotion is atomic: the model
+is copied in full before the record points to it, so a reader of the record never finds a half-copied model.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def promote_local(model_dir: str | Path, serving_root: str | Path, metrics: dict
     target = root / MODELS / version
     with atomic_dir(target) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+    meta = json.loads((target / "notellm.json").read_text())
     record = {"model_version": version, "model_dir": str(target.resolve()), "target": "local",
-              "metrics": metrics, "deployed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+              "kind": meta.get("kind", "notellm"), "dim": meta.get("dim"), "metrics": metrics,
+              "deployed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     write_json(record, root / RECORD)
     _prune(root / MODELS, keep=keep, current=version)
     return record

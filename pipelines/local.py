@@ -44,9 +44,9 @@ def run_local(workspace: Path, caching: bool = False, runner: str = "subprocess"
     hit it here: ``prepare-data`` and ``note-features`` never cache (their keys would hold paths, not the data
     behind them) and every later step gets new input paths. A re-run with the same parameters reproduces
     the same tables, model weights, embeddings and metrics (seeded, deterministic on CPU); only the model
-    version's timestamp differs. With ``min_gain`` 0 its gate passes on a recall equal to the serving
-    model's, and deploy and index run again (a new collection for the new version; the previous one is kept
-    for rollback). A task that came from the cache leaves no folder in the run's directory.
+    version's timestamp differs. Its lead over the serving model is then exactly 0, which passes the gate only
+    with a negative ``min_gain``; deploy and index then run again (a new collection for the new version; the
+    previous one is kept for rollback). A task that came from the cache leaves no folder in the run's directory.
     """
     from kfp import local
 
@@ -164,7 +164,9 @@ def summarize(workspace: Path, run_dir: Path) -> str:
     lines += ["", (run_dir / "gate" / "decision").read_text().strip().replace("# ", "## "), ""]
     record = read_record(workspace / "serving")
     if record:
-        lines += [f"- serving model: `{record['model_version']}` at {record['model_dir']}"]
+        dim = f", {record['dim']}-d" if record.get("dim") else ""
+        lines += [f"- serving model: `{record['model_version']}` ({record.get('kind', 'notellm')}{dim}) "
+                  f"at {record['model_dir']}"]
     if ran(run_dir, "index"):
         meta = json.loads((run_dir / "index" / "executor_output.json").read_text())
         info = meta["artifacts"]["stats"]["artifacts"][0]["metadata"]

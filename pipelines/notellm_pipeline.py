@@ -1,5 +1,6 @@
-"""The NoteLLM pipeline: data -> Feast features -> pairs -> finetune -> embed -> evaluate + drift -> gate
--> deploy + index. Compile with ``notellm compile`` and upload the YAML in the Kubeflow UI."""
+"""The NoteLLM pipeline: data -> Feast features -> pairs -> finetune (NoteLLM) + finetune_challenger (MiniLM)
+-> embed -> evaluate + drift -> gate (the best on val) -> deploy + index of the gate's winner.
+Compile with ``notellm compile`` and upload the YAML in the Kubeflow UI."""
 
 from kfp import dsl
 
@@ -8,6 +9,7 @@ from components.deploy import deploy
 from components.embed import embed
 from components.evaluate import evaluate
 from components.finetune import finetune
+from components.finetune_challenger import finetune_challenger
 from components.gate import gate
 from components.index import index
 from components.make_config import make_config
@@ -22,7 +24,10 @@ PIPELINE_NAME = "notellm"
 def build_pipeline(gpu: bool = False, cluster_jobs: bool = False):
     """The pipeline function; ``gpu`` asks for one NVIDIA GPU for the finetune and embed steps;
     ``cluster_jobs`` mounts the shared claim (``shared_pvc``) in the mine and finetune steps, which the
-    SparkApplication (``spark_on_cluster``) and the TrainJob (``train_nodes`` >= 1) need."""
+    SparkApplication (``spark_on_cluster``) and the TrainJob (``train_nodes`` >= 1) need.
+
+    Pipeline parameters ``challenger`` (train the MiniLM challenger; the gate then deploys the better of it
+    and NoteLLM) and ``challenger_steps`` (its budget; 0: ``evaluation.minilm_epochs`` epochs)."""
 
     @dsl.pipeline(name=PIPELINE_NAME, description="NoteLLM: train, evaluate, drift-check and serve note embeddings")
     def notellm_pipeline(
@@ -51,6 +56,8 @@ def build_pipeline(gpu: bool = False, cluster_jobs: bool = False):
         train_gpus_per_node: int = 1,
         train_runtime: str = "torch-distributed",
         shared_pvc: str = "notellm-shared",
+        challenger: bool = True,
+        challenger_steps: int = 0,
     ):
         cfg = make_config(dataset=dataset, backbone=backbone, max_steps=max_steps, batch_pairs=batch_pairs,
                           learning_rate=learning_rate, alpha=alpha, window_positions=window_positions,
@@ -78,23 +85,30 @@ def build_pipeline(gpu: bool = False, cluster_jobs: bool = False):
         if gpu:
             for task in (trained, vectors):
                 task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        rival = finetune_challenger(config=cfg.output, notes=notes, pairs=pairs.outputs["pairs"],
+                                    enabled=challenger, max_steps=challenger_steps)
+        rival.set_memory_limit("8G")
         scored = evaluate(config=cfg.output, model=trained.outputs["model"], notes=notes,
                           pairs=pairs.outputs["pairs"], embeddings=vectors.outputs["embeddings"],
-                          serving_root=serving_root)
-        scored.set_memory_limit("16G").set_caching_options(False)  # compares with what serves now
+                          challenger_embeddings=rival.outputs["embeddings"], challenger=challenger)
+        scored.set_memory_limit("16G")
         drift = check_drift(config=cfg.output, notes=notes, embeddings=vectors.outputs["embeddings"],
                             reference_data=reference_data)
-        decision = gate(recall=scored.outputs["recall"], reference_recall=scored.outputs["reference_recall"],
-                        reference=scored.outputs["reference"], drift_passed=drift.outputs["passed"],
-                        drift_reasons=drift.outputs["reasons"], min_gain=min_gain,
-                        metric=scored.outputs["metric"])
-        decision.set_caching_options(False)
+        decision = gate(config=cfg.output, notes=notes, pairs=pairs.outputs["pairs"],
+                        embeddings=vectors.outputs["embeddings"],
+                        challenger_embeddings=rival.outputs["embeddings"], challenger=challenger,
+                        serving_root=serving_root, drift_passed=drift.outputs["passed"],
+                        drift_reasons=drift.outputs["reasons"], min_gain=min_gain)
+        decision.set_memory_limit("16G").set_caching_options(False)  # embeds with what serves now
         with dsl.If(decision.outputs["Output"] == True, name="deploy-gate"):  # noqa: E712 - KFP condition syntax
-            shipped = deploy(config=cfg.output, model=trained.outputs["model"], recall=scored.outputs["recall"],
-                             serving_root=serving_root, target=deploy_target,
-                             inference_service=inference_service, namespace=namespace)
+            shipped = deploy(config=cfg.output, model=trained.outputs["model"],
+                             challenger_model=rival.outputs["model"], winner=decision.outputs["winner"],
+                             recall=decision.outputs["recall"], serving_root=serving_root,
+                             target=deploy_target, inference_service=inference_service, namespace=namespace)
             shipped.set_caching_options(False)
-            indexed = index(config=cfg.output, notes=notes, embeddings=vectors.outputs["embeddings"])
+            indexed = index(config=cfg.output, notes=notes, embeddings=vectors.outputs["embeddings"],
+                            challenger_embeddings=rival.outputs["embeddings"],
+                            winner=decision.outputs["winner"])
             indexed.set_caching_options(False).after(shipped)
 
     return notellm_pipeline

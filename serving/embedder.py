@@ -1,4 +1,9 @@
-"""The predictor: ``NoteEmbedder``, a kserve.Model that turns notes into normalised NoteLLM vectors.
+"""The predictor: ``NoteEmbedder``, a kserve.Model that turns notes into normalised vectors.
+
+It serves either kind of model directory (:mod:`notellm.challenger`, by ``kind`` in notellm.json): NoteLLM,
+or a sentence-transformers model (the MiniLM challenger), which embeds a note's title, content and
+``#hashtags`` one per line (:func:`notellm.evaluation.minilm.note_text`; a plain-text instance is embedded as
+sent) and cannot generate: a ``generate`` request to it is a 400. Everything else below is the same for both.
 
 v1: ``POST /v1/models/<name>:predict`` with ``{"instances": [note, ...]}`` (a note is an object with title,
 content, hashtags, category, or a plain string) answers ``{"predictions": [[...], ...], "model_version": v}``;
@@ -59,14 +64,13 @@ class NoteEmbedder(kserve.Model):
         self._batcher: MicroBatcher | None = None
 
     def load(self) -> bool:
-        from notellm.model import load_model
-        from notellm.model.modeldir import MODEL_JSON
+        from notellm.challenger import MODEL_JSON, load_encoder
 
         # KServe's storage initializer copies storageUri into /mnt/models: the model directory itself, or a
         # folder that holds it
         nested = [p.parent for p in self.model_dir.glob(f"*/{MODEL_JSON}")]
         root = nested[0] if not (self.model_dir / MODEL_JSON).exists() and len(nested) == 1 else self.model_dir
-        self.model = load_model(root)
+        self.model = load_encoder(root)
         self._batcher = MicroBatcher(self._embed_batch, self.serving.max_batch_size,
                                      self.serving.max_wait_ms / 1000)
         self.ready = True
@@ -85,10 +89,17 @@ class NoteEmbedder(kserve.Model):
         return [Note(n.get("note_id", ""), n["title"], n["content"], tuple(n["hashtags"]), n["category"])
                 for n in notes]
 
-    def _embed_batch(self, notes: list[Any]) -> list[np.ndarray]:
-        from notellm.model import embed_notes
+    @property
+    def generates(self) -> bool:
+        """Whether the model can generate categories and hashtags (NoteLLM can; a sentence encoder cannot)."""
+        from notellm.challenger import SentenceEncoder
 
-        return list(embed_notes(self.model, notes, batch_size=self.serving.max_batch_size))
+        return not isinstance(self.model, SentenceEncoder)
+
+    def _embed_batch(self, notes: list[Any]) -> list[np.ndarray]:
+        from notellm.challenger import encode_notes
+
+        return list(encode_notes(self.model, notes, batch_size=self.serving.max_batch_size))
 
     async def embed(self, notes: list[dict[str, Any]]) -> tuple[np.ndarray, str]:
         """Vectors (n, d) of validated notes (``notellm.note_requests.parse_note``) and the model version.
@@ -116,7 +127,10 @@ class NoteEmbedder(kserve.Model):
         notes, fmt = oai.parse_request(payload, self.name, self.model.dim, self.serving.max_request_notes,
                                        self.serving.max_note_chars)
         vectors, _ = await self.embed(notes)
-        tokens = sum(len(self.model.prompter.embedding_ids(note)) for note in self._notes(notes))
+        if self.generates:
+            tokens = sum(len(self.model.prompter.embedding_ids(note)) for note in self._notes(notes))
+        else:
+            tokens = self.model.token_count(self._notes(notes))
         return oai.response(vectors, self.name, tokens, fmt)
 
     @staticmethod
@@ -170,6 +184,9 @@ class NoteEmbedder(kserve.Model):
 
     async def _run(self, notes: list[dict[str, Any]],
                    tasks: tuple[str, ...]) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
+        if tasks and not self.generates:
+            raise RequestError(f"parameters.generate: model {self.model_version} is a sentence-transformers "
+                               "model and cannot generate; send no 'generate' parameter")
         if tasks:
             (vectors, _), generated = await asyncio.gather(self.embed(notes), self.generate(notes, tasks))
             return vectors, generated

@@ -30,7 +30,7 @@ def test_gpu_variant_asks_for_an_accelerator(tmp_path: Path) -> None:
 def test_every_component_runs_in_the_project_image() -> None:
     spec = yaml.safe_load(DEFAULT_PACKAGE.read_text())
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 11
+    assert len(executors) == 12
     for name, executor in executors.items():
         container = executor["container"]
         assert container["image"] == BASE_IMAGE, name
@@ -58,7 +58,7 @@ def _images(path: Path) -> dict[str, str]:
 def test_the_image_is_a_compile_setting(tmp_path: Path) -> None:
     mine = "registry.example.com/team/notellm:1.4"
     images = _images(compile_pipeline(tmp_path / "mine.yaml", image=mine))
-    assert set(images.values()) == {mine} and len(images) == 11
+    assert set(images.values()) == {mine} and len(images) == 12
     gpu = _images(compile_pipeline(tmp_path / "gpu.yaml", gpu=True, image=mine))
     assert {name for name, image in gpu.items() if image == f"{mine}-cuda"} == {"exec-finetune", "exec-embed"}
     assert {image for name, image in gpu.items() if name not in {"exec-finetune", "exec-embed"}} == {mine}

@@ -17,8 +17,8 @@ from notellm.cli import app
 from notellm.config import PromptConfig
 from notellm.text_budget import describe, truncation_stats
 
-STEPS = ["make-config", "prepare-data", "note-features", "mine-pairs", "finetune", "embed", "evaluate",
-         "check-drift", "gate", "deploy", "index"]
+STEPS = ["make-config", "prepare-data", "note-features", "mine-pairs", "finetune", "finetune-challenger",
+         "embed", "evaluate", "check-drift", "gate", "deploy", "index"]
 SETTINGS = ["data.dataset=files", "evaluation.ks=[10,50]", "evaluation.gate_k=50",
             "evaluation.generation_notes=3", "training.threads=1", "embedding.threads=1",
             "drift.sample_size=100"]
@@ -48,7 +48,7 @@ def test_a_users_notes_and_links_import_run_serve_and_recommend(tmp_path: Path):
     assert imported.exit_code == 0, imported.output
 
     args = ["run", "--workspace", str(workspace), "-p", "backbone=tiny-random", "-p", "max_steps=2",
-            "-p", "batch_pairs=4", "-p", "min_gain=-1"]
+            "-p", "batch_pairs=4", "-p", "min_gain=-1", "-p", "challenger=false"]
     for setting in [*SETTINGS, f"data.notes_path={notes_path}", f"data.pairs_path={links_path}"]:
         args += ["--set", setting]
     result = runner.invoke(app, args)

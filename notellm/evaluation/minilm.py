@@ -60,14 +60,14 @@ def minilm_embed(notes: pd.DataFrame | Sequence[str], model: SentenceTransformer
 def finetune_minilm(notes: pd.DataFrame, train_pairs: pd.DataFrame, epochs: int = 1, batch_size: int = 32,
                     lr: float = 2e-5, seed: int = 0, out_dir: str | Path | None = None, *,
                     model: SentenceTransformer | None = None, warmup_ratio: float = 0.1,
-                    max_pairs: int | None = None,
+                    max_pairs: int | None = None, max_steps: int | None = None,
                     on_step: Callable[[int, float], None] | None = None,
                     progress: bool = False) -> SentenceTransformer:
     """Fine-tune MiniLM on ``train_pairs`` (note_id_a, note_id_b) with MultipleNegativesRankingLoss.
 
     AdamW with linear warmup (``warmup_ratio`` of the steps) and linear decay; ``on_step(step, loss)``
     is called after every step; ``max_pairs`` stops once that many training pairs were seen (a shared
-    budget). The model is returned in eval mode (``pairs_seen`` set on it) and, if ``out_dir`` is given,
+    budget), ``max_steps`` after that many steps. The model is returned in eval mode (``pairs_seen`` set on it) and, if ``out_dir`` is given,
     saved there atomically. Only training pairs may be passed: a ``split`` column with any other
     value is refused (test pairs must not leak into training).
     """
@@ -91,6 +91,8 @@ def finetune_minilm(notes: pd.DataFrame, train_pairs: pd.DataFrame, epochs: int 
     if max_pairs is not None:  # the same budget of training pairs as another row
         sizes = np.cumsum([len(batch) for batch in schedule])
         schedule = schedule[:int(np.searchsorted(sizes, max_pairs)) + 1]
+    if max_steps is not None:
+        schedule = schedule[:max_steps]
     if not schedule:
         raise DataError("no batch of at least two distinct training pairs to learn from")
     model = model or load_minilm()
