@@ -26,9 +26,9 @@ from components import BASE_IMAGE  # noqa: E402
 from containers import engine  # noqa: E402
 
 # What each layer of the Dockerfile holds, by a phrase of the instruction that made it.
-LAYERS = [("base image (Python 3.11)", ("ADD file", "FROM")), ("torch (CPU build)", ("--index-url",)),
-          ("dependencies", ("requirements.txt",)), ("converted SmolLM2 weights", ("load_backbone",)),
-          ("project code", ("COPY", "pip install --no-deps -e"))]
+LAYERS = [("base image (Python 3.11)", ("ADD file", "FROM")), ("Java runtime (spark extra)", ("openjdk",)),
+          ("torch (CPU build)", ("--index-url",)), ("dependencies (pyspark about 0.45 GB of them)", ("requirements.txt",)),
+          ("converted SmolLM2 weights", ("load_backbone",)), ("project code", ("COPY", "pip install --no-deps -e"))]
 
 
 def _make_image(*extra: str) -> float:
