@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from notellm.errors import NoteLLMError
+from notellm.errors import ConfigError, NoteLLMError
 
 SPARK = ("sparkoperator.k8s.io", "v1beta2", "sparkapplications")
 TRAINER = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
@@ -275,8 +275,10 @@ def finetune_on_trainer(config_yaml: str, notes_dir: Path, pairs_dir: Path, mode
 
 
 def cuda_tag(image: str) -> str:
-    """The CUDA build of the project image: its tag with ``-cuda`` appended."""
+    """The CUDA build of the project image: its tag with ``-cuda`` appended (``reg/notellm:0.1.0`` ->
+    ``reg/notellm:0.1.0-cuda``; one already ending in ``-cuda`` is kept). The one definition: the TrainJob's
+    image here and the GPU steps' image in ``pipelines/compile.py``."""
     name, _, tag = image.rpartition(":")
-    if not name or "/" in tag or "@" in image:
-        raise NoteLLMError(f"image {image!r}: expected REGISTRY/NAME:TAG (the CUDA build is tagged TAG-cuda)")
+    if "@" in image or not name or "/" in tag:
+        raise ConfigError(f"image {image!r}: give REGISTRY/NAME:TAG (the CUDA build is tagged TAG-cuda)")
     return image if tag.endswith("-cuda") else f"{image}-cuda"

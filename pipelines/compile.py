@@ -13,18 +13,11 @@ from pathlib import Path
 from components import BASE_IMAGE
 from notellm.errors import ConfigError
 from notellm.io import atomic_path
+from notellm.k8s_jobs import cuda_tag
 
 DEFAULT_PACKAGE = Path(__file__).with_name("notellm_pipeline.yaml")
 _EXECUTOR = re.compile(r"^    (exec-[\w-]+):\s*$")
 _IMAGE = re.compile(r"^(\s+image: )(\S+)\s*$")
-
-
-def cuda_image(image: str) -> str:
-    """The CUDA build's name: the tag with ``-cuda`` appended (``reg/notellm:0.1.0`` -> ``reg/notellm:0.1.0-cuda``)."""
-    name, _, tag = image.rpartition(":")
-    if "@" in image or not name or "/" in tag:
-        raise ConfigError(f"image {image!r}: give REGISTRY/NAME:TAG (the CUDA build is tagged TAG-cuda)")
-    return image if tag.endswith("-cuda") else f"{image}-cuda"
 
 
 def set_images(text: str, image: str) -> str:
@@ -38,7 +31,7 @@ def set_images(text: str, image: str) -> str:
         if found := _EXECUTOR.match(line):
             executor = found.group(1)
         elif (found := _IMAGE.match(line)) and executor is not None:
-            wanted = cuda_image(image) if executor in gpu else image
+            wanted = cuda_tag(image) if executor in gpu else image
             line = f"{found.group(1)}{wanted}\n"
         lines.append(line)
     return "".join(lines)
