@@ -66,6 +66,10 @@ COPY pyproject.toml README.md ./
 RUN pip install --no-deps -e . \
  && mkdir -p /workspace && chown 1000:1000 /workspace
 
+# Spark's Kubernetes entrypoint: the driver and executor pods' command (SparkApplication pod templates); Spark
+# here is the pyspark wheel, so its home is the package directory (the base image's Python 3.11).
+COPY image/spark-entrypoint.sh /opt/spark-entrypoint.sh
+ENV SPARK_HOME=/usr/local/lib/python3.11/site-packages/pyspark
 USER 1000:1000
 # `notellm run` and the steps write under the working directory: one the image's user owns.
 WORKDIR /workspace

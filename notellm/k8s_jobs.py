@@ -24,6 +24,11 @@ SHARED_MOUNT = "/mnt/notellm-shared"
 SPARK_ACCOUNT = "notellm-spark"  # manifests/base/spark-rbac.yaml
 SPARK_VERSION = "4.0.0"
 DRIVER_FILE = "local:///app/notellm/mining_spark.py"  # the project image keeps the package at /app
+# Spark's Kubernetes entrypoint in the project image (image/spark-entrypoint.sh): Spark starts the driver and
+# executor containers with the args `driver ...` / `executor ...` and no command, so the image's own command
+# would run; the pod templates make this script the command instead (Spark keeps a template's command).
+SPARK_ENTRYPOINT = "/opt/spark-entrypoint.sh"
+SPARK_CONTAINERS = {"driver": "spark-kubernetes-driver", "executor": "spark-kubernetes-executor"}
 LOG_LINES = 60
 
 
@@ -50,7 +55,12 @@ def job_name(prefix: str, run_id: str) -> str:
 def spark_application(name: str, namespace: str, image: str, shared: Shared, *, events: str, out: str,
                       mining_json: str, executors: int = 2, executor_cores: int = 1,
                       executor_memory: str = "2g", driver_memory: str = "2g") -> dict[str, Any]:
-    """A SparkApplication that runs :func:`notellm.mining_spark.main` in the project image."""
+    """A SparkApplication that runs :func:`notellm.mining_spark.main` in the project image, its driver and
+    executors started by the image's Spark entrypoint (``template``: the operator passes it to Spark as the
+    pod template, whose container ``command`` Spark keeps)."""
+    def template(role: str) -> dict[str, Any]:
+        return {"spec": {"containers": [{"name": SPARK_CONTAINERS[role], "command": [SPARK_ENTRYPOINT]}]}}
+
     pod = {"volumeMounts": [shared.volume_mount()], "labels": {"app.kubernetes.io/part-of": "notellm"},
            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
                                "capabilities": {"drop": ["ALL"]}}}
@@ -65,8 +75,10 @@ def spark_application(name: str, namespace: str, image: str, shared: Shared, *, 
             "sparkConf": {"spark.sql.session.timeZone": "UTC", "spark.ui.enabled": "false"},
             "restartPolicy": {"type": "Never"},
             "volumes": [shared.volume()],
-            "driver": {**pod, "cores": 1, "memory": driver_memory, "serviceAccount": SPARK_ACCOUNT},
-            "executor": {**pod, "instances": executors, "cores": executor_cores, "memory": executor_memory},
+            "driver": {**pod, "cores": 1, "memory": driver_memory, "serviceAccount": SPARK_ACCOUNT,
+                       "template": template("driver")},
+            "executor": {**pod, "instances": executors, "cores": executor_cores, "memory": executor_memory,
+                         "template": template("executor")},
         },
     }
 
