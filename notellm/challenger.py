@@ -55,6 +55,8 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 def model_kind(directory: str | Path) -> str:
     """``notellm`` or ``sentence-transformers`` (from notellm.json's ``kind``; absent means notellm)."""
+    if not Path(directory).is_dir():
+        raise DataError("model directory not found", file=Path(directory))
     kind = read_meta(directory).get("kind", NOTELLM)
     if kind not in KINDS:
         raise DataError(f"unknown model kind {kind!r}; expected one of {list(KINDS)}",

@@ -272,7 +272,7 @@ if registry == "sql":
 print(type(store).__name__, registry)
 """
 # What the Secrets named in manifests/README.md hold, in the form given there (values are dummies).
-SECRET_VALUES = {"notellm-feast": {"FEAST_REGISTRY_URL": "postgresql+psycopg://feast:pw@postgres:5432/feast",
+SECRET_VALUES = {"notellm-feast": {"FEAST_REGISTRY_URL": "postgresql+psycopg://feast@postgres:5432/feast",
                                    "FEAST_REDIS_CONNECTION": "redis:6379"}}
 
 

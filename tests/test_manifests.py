@@ -503,7 +503,7 @@ def test_feature_store_yaml_loads_with_feast(overlay: str, tmp_path: Path,
     from feast.repo_config import load_repo_config
     from sqlalchemy.engine import make_url
 
-    monkeypatch.setenv("FEAST_REGISTRY_URL", "postgresql://feast:placeholder@postgres:5432/feast")
+    monkeypatch.setenv("FEAST_REGISTRY_URL", "postgresql://feast@postgres:5432/feast")
     monkeypatch.setenv("FEAST_REDIS_CONNECTION", "redis:6379")
     (tmp_path / "feature_store.yaml").write_text(text)
     config = load_repo_config(ROOT / "feature_repo", tmp_path / "feature_store.yaml")

@@ -126,7 +126,8 @@ def test_every_milvus_container_has_cpu_and_memory_limits(target):
 
 def test_the_image_runs_as_a_numeric_non_root_user():
     users = re.findall(r"^USER\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
-    assert users and users[-1].isdigit() and int(users[-1]) != 0  # numeric: runAsNonRoot can verify it
+    numeric = users and re.fullmatch(r"(\d+)(?::\d+)?", users[-1])  # uid[:gid], numeric: runAsNonRoot verifies it
+    assert numeric and int(numeric.group(1)) != 0
 
 
 _WORDS = r"(?:[A-Za-z0-9]+[_-])*"  # a key's leading words: AWS_, milvus_...
