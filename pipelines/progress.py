@@ -67,6 +67,11 @@ def key_figure(task: str, m: dict[str, Any]) -> str:
                     f"{_int(m['pairs_per_split.val'])} val, {_int(m['pairs_per_split.test'])} test")
         if task == "finetune":
             return f"{_int(m['steps'])} steps, loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}"
+        if task == "finetune-challenger":
+            if not m.get("trained"):
+                return "off"
+            return (f"MiniLM, {_int(m['steps'])} steps ({_int(m['pairs_seen'])} pairs), loss {m['first_loss']:.3f} "
+                    f"-> {m['final_loss']:.3f}")
         if task == "embed":
             return (f"{_int(m['notes'])} notes embedded, {_int(m['truncation.content_truncated'])} with "
                     "truncated content")

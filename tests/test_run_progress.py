@@ -82,3 +82,6 @@ def test_key_figures_of_the_steps():
     evaluated = {"metric": "R@100", "recall": 0.2, "reference_recall": 0.1, "reference": "the baseline"}
     assert key_figure("evaluate", evaluated) == "R@100 20.00 against 10.00 (the baseline)"
     assert key_figure("finetune", {}) == "" and key_figure("make-config", {"Output": "x"}) == ""
+    challenger = {"trained": 1.0, "steps": 60.0, "pairs_seen": 1920.0, "first_loss": 2.5, "final_loss": 1.25}
+    assert key_figure("finetune-challenger", challenger) == "MiniLM, 60 steps (1,920 pairs), loss 2.500 -> 1.250"
+    assert key_figure("finetune-challenger", {"trained": 0.0}) == "off"
