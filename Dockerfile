@@ -67,9 +67,12 @@ RUN pip install --no-deps -e . \
  && mkdir -p /workspace && chown 1000:1000 /workspace
 
 # Spark's Kubernetes entrypoint: the driver and executor pods' command (SparkApplication pod templates); Spark
-# here is the pyspark wheel, so its home is the package directory (the base image's Python 3.11).
+# here is the pyspark wheel, so its home is the package directory, linked at /opt/spark wherever the base
+# image's Python keeps its packages.
 COPY image/spark-entrypoint.sh /opt/spark-entrypoint.sh
-ENV SPARK_HOME=/usr/local/lib/python3.11/site-packages/pyspark
+RUN case " ${EXTRAS} " in *" spark "*) \
+      ln -s "$(python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')" /opt/spark ;; esac
+ENV SPARK_HOME=/opt/spark
 USER 1000:1000
 # `notellm run` and the steps write under the working directory: one the image's user owns.
 WORKDIR /workspace

@@ -48,6 +48,31 @@ def test_image_runs_as_its_user_with_what_the_steps_need(image: str) -> None:
     assert {"milvus-lite", "kfp", "kserve", "feast", "evidently", "redis", "psycopg", "pyspark"} <= packages
 
 
+def test_spark_entrypoint_runs_the_miner_and_starts_an_executor_in_the_image(image: str) -> None:
+    """What a SparkApplication's pods run: ``/opt/spark-entrypoint.sh driver`` mines pairs with the image's
+    Spark home (the pyspark package), and ``executor`` loads Spark's Kubernetes executor backend."""
+    check_home = ('test -x /opt/spark-entrypoint.sh && test -x "$SPARK_HOME/bin/spark-submit" && '
+                  'ls "$SPARK_HOME"/jars/spark-kubernetes_*.jar >/dev/null && test "$(readlink -f "$SPARK_HOME")" = '
+                  '"$(python -c "import os, pyspark; print(os.path.realpath(os.path.dirname(pyspark.__file__)))")"')
+    events = ("from pathlib import Path; from notellm.config import SyntheticConfig; "
+              "from notellm.datasets.synthetic import write_synthetic; "
+              "write_synthetic(Path('/tmp/d'), SyntheticConfig(events=5000, users=50, notes=200, seed=0))")
+    script = (f"{check_home} && python -c \"{events}\" && /opt/spark-entrypoint.sh driver --master 'local[1]' "
+              "--conf spark.ui.enabled=false /app/notellm/mining_spark.py --events /tmp/d/events.parquet "
+              "--out /tmp/mined --config '{}' >/dev/null 2>&1 && "
+              "python -c \"import pandas as pd; print('pairs', len(pd.read_parquet('/tmp/mined')))\"")
+    out = run(["run", "--rm", "-e", "SPARK_DRIVER_BIND_ADDRESS=127.0.0.1", image, "bash", "-c", script]).stdout
+    assert out.split()[0] == "pairs" and int(out.split()[1]) > 0
+    executor_env = {"SPARK_EXECUTOR_MEMORY": "512m", "SPARK_DRIVER_URL": "spark://CoarseGrainedScheduler@127.0.0.1:9",
+                    "SPARK_EXECUTOR_ID": "1", "SPARK_EXECUTOR_CORES": "1", "SPARK_APPLICATION_ID": "spark-x",
+                    "SPARK_EXECUTOR_POD_IP": "127.0.0.1", "SPARK_RESOURCE_PROFILE_ID": "0",
+                    "SPARK_EXECUTOR_POD_NAME": "p"}
+    done = run(["run", "--rm", "--network=host", *(f"-e={k}={v}" for k, v in executor_env.items()), image,
+                "/opt/spark-entrypoint.sh", "executor"], check=False, timeout=180)
+    assert done.returncode != 0  # no driver listens there
+    assert "KubernetesExecutorBackend" in done.stderr and "127.0.0.1:9" in done.stderr
+
+
 # --- the pipeline through kfp's DockerRunner ---------------------------------------------------------
 
 

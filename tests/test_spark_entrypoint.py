@@ -145,7 +145,7 @@ def test_the_spark_application_starts_its_pods_with_the_entrypoint() -> None:
         assert container == {"name": SPARK_CONTAINERS[role], "command": [SPARK_ENTRYPOINT]}
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"COPY image/spark-entrypoint.sh {SPARK_ENTRYPOINT}\n" in dockerfile
-    assert "ENV SPARK_HOME=/usr/local/lib/python3.11/site-packages/pyspark\n" in dockerfile
+    assert "ENV SPARK_HOME=/opt/spark\n" in dockerfile and "pyspark.__file__))')\" /opt/spark" in dockerfile
     assert dockerfile.rstrip().endswith('CMD ["notellm", "--help"]') and "ENTRYPOINT" not in dockerfile
 
 
