@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from user_notes import save
 
 from notellm import contracts
 from notellm.config import DataConfig, SyntheticConfig
@@ -179,21 +180,9 @@ def test_drift_changes_the_distributions_and_seed_does_not(tmp_path, small):
 # --- user files ----------------------------------------------------------------------------------
 
 
-def _save(df: pd.DataFrame, path: Path) -> Path:
-    if path.suffix == ".parquet":
-        df.to_parquet(path, index=False)
-    elif path.suffix == ".jsonl":
-        df.to_json(path, orient="records", lines=True, date_format="iso")
-    else:
-        if "hashtags" in df:
-            df = df.assign(hashtags=df["hashtags"].map("|".join))
-        df.to_csv(path, index=False)
-    return path
-
-
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
 def test_import_files_every_format(tmp_path, suffix, notes_df, events_df, pairs_df):
-    paths = [_save(df, tmp_path / f"{name}{suffix}")
+    paths = [save(df, tmp_path / f"{name}{suffix}")
              for name, df in (("notes", notes_df), ("events", events_df), ("pairs", pairs_df))]
     summary = import_files(*paths, out_dir=tmp_path / "out")
     assert (summary["notes"], summary["events"], summary["pairs"], summary["users"]) == (3, 4, 2, 2)
@@ -205,7 +194,7 @@ def test_import_files_every_format(tmp_path, suffix, notes_df, events_df, pairs_
 
 
 def test_import_pairs_without_events_writes_empty_events(tmp_path, notes_df, pairs_df):
-    notes_path, pairs_path = _save(notes_df, tmp_path / "n.csv"), _save(pairs_df, tmp_path / "p.csv")
+    notes_path, pairs_path = save(notes_df, tmp_path / "n.csv"), save(pairs_df, tmp_path / "p.csv")
     summary = import_files(notes_path, pairs_path=pairs_path, out_dir=tmp_path / "out")
     assert summary["events"] == 0
     assert len(contracts.read_table(tmp_path / "out" / "events.parquet", "events")) == 0
@@ -230,7 +219,7 @@ def test_import_bad_input_writes_nothing(tmp_path, notes_df, events_df, pairs_df
         events_df = events_df.drop(columns=["action"])
     else:
         pairs_df.at[0, "split"] = "later"
-    paths = {name: _save(df, tmp_path / f"{name}.jsonl")
+    paths = {name: save(df, tmp_path / f"{name}.jsonl")
              for name, df in (("notes", notes_df), ("events", events_df), ("pairs", pairs_df))}
     out = tmp_path / "out"
     out.mkdir()
@@ -248,9 +237,9 @@ def test_import_bad_input_writes_nothing(tmp_path, notes_df, events_df, pairs_df
 
 def test_build_dataset_dispatches_and_reruns_cleanly(tmp_path, notes_df, events_df, pairs_df):
     out = tmp_path / "data"
-    files = DataConfig(dataset="files", notes_path=_save(notes_df, tmp_path / "n.parquet"),
-                       events_path=_save(events_df, tmp_path / "e.parquet"),
-                       pairs_path=_save(pairs_df, tmp_path / "p.parquet"))
+    files = DataConfig(dataset="files", notes_path=save(notes_df, tmp_path / "n.parquet"),
+                       events_path=save(events_df, tmp_path / "e.parquet"),
+                       pairs_path=save(pairs_df, tmp_path / "p.parquet"))
     assert build_dataset(files, out)["pairs"] == 2
     assert build_dataset(files, out)["notes"] == 3
     assert sorted(p.name for p in out.iterdir()) == ["events.parquet", "notes.parquet", "pairs.parquet"]
