@@ -109,16 +109,26 @@ class World:
     processes: list[tuple[subprocess.Popen, Path]]  # local first
 
     def embed(self, notes: list[dict[str, Any]]) -> np.ndarray:
-        from notellm.model import embed_notes
-        from notellm.model.prompt import Note
-
-        return embed_notes(self.model, [Note(n.get("note_id", ""), n.get("title", ""), n.get("content", ""),
-                                             tuple(n.get("hashtags", ())), n.get("category", "")) for n in notes])
+        return embed_dicts(self.model, notes)
 
     def note(self, note_id: str) -> dict[str, Any]:
-        row = self.notes.set_index("note_id").loc[note_id]
-        return {"title": row["title"], "content": row["content"], "hashtags": list(row["hashtags"]),
-                "category": row["category"]}
+        return note_fields(self.notes, note_id)
+
+
+def embed_dicts(model: Any, notes: list[dict[str, Any]]) -> np.ndarray:
+    """Vectors of notes given as request dicts, as the test process embeds them."""
+    from notellm.model import embed_notes
+    from notellm.model.prompt import Note
+
+    return embed_notes(model, [Note(n.get("note_id", ""), n.get("title", ""), n.get("content", ""),
+                                    tuple(n.get("hashtags", ())), n.get("category", "")) for n in notes])
+
+
+def note_fields(notes: pd.DataFrame, note_id: str) -> dict[str, Any]:
+    """A stored note as a request dict (title, content, hashtags, category)."""
+    row = notes.set_index("note_id").loc[note_id]
+    return {"title": row["title"], "content": row["content"], "hashtags": list(row["hashtags"]),
+            "category": row["category"]}
 
 
 def start_process(command: list[str], log: Path, **env_vars: str) -> subprocess.Popen:

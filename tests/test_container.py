@@ -12,13 +12,15 @@ import asyncio
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from containers import build_image, container, docker_api, run, wait_ready
-from serving_world import DIM, HELD_OUT, MODEL_VERSION, assert_top_k, free_port, index_world, write_world
+from serving_world import (DIM, HELD_OUT, MODEL_VERSION, assert_top_k, embed_dicts, free_port, index_world,
+                           note_fields, write_world)
 from tiny_pipeline import PARAMS
 
 from components import BASE_IMAGE
@@ -78,14 +80,9 @@ def test_spark_entrypoint_runs_the_miner_and_starts_an_executor_in_the_image(ima
 
 @pytest.fixture(scope="module")
 def docker_host(tmp_path_factory: pytest.TempPathFactory, image: str):
-    with docker_api(tmp_path_factory.mktemp("engine")) as url:
-        previous = os.environ.get("DOCKER_HOST")
-        os.environ["DOCKER_HOST"] = url
+    with docker_api(tmp_path_factory.mktemp("engine")) as url, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOCKER_HOST", url)
         yield url
-        if previous is None:
-            os.environ.pop("DOCKER_HOST")
-        else:
-            os.environ["DOCKER_HOST"] = previous
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +173,7 @@ def test_docker_runner_refuses_paths_outside_the_workspace(tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, image: str):
     """Predictor, transformer and Feast feature server from the image, as the InferenceService starts them;
-    Milvus Lite on the host. Yields (predictor, grpc, transformer) addresses and the world's data."""
+    Milvus Lite on the host. Yields their addresses and the world's notes, model and indexed vectors."""
     from notellm.vectorstore import start_lite_server, stop_lite_server
     from pipelines.docker_runner import prepare_workspace
 
@@ -203,35 +200,27 @@ def served(tmp_path_factory: pytest.TempPathFactory, image: str):
             wait_ready(predictor, f"http://127.0.0.1:{http}/v2/health/ready")
             wait_ready(feast_server, f"http://127.0.0.1:{feast}/health")
             wait_ready(recommender, f"http://127.0.0.1:{transformer}/v2/health/ready")
-            yield {"predictor": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}",
-                   "transformer": f"127.0.0.1:{transformer}", "notes": notes, "model": model,
-                   "vectors": dict(zip(indexed["note_id"], matrix))}
+            yield SimpleNamespace(predictor=f"127.0.0.1:{http}", grpc=f"127.0.0.1:{grpc}",
+                                  transformer=f"127.0.0.1:{transformer}", notes=notes, model=model,
+                                  vectors=dict(zip(indexed["note_id"], matrix)))
     finally:
         stop_lite_server(milvus)
 
 
-def _embed(model: Any, notes: list[dict[str, Any]]) -> np.ndarray:
-    from notellm.model import embed_notes
-    from notellm.model.prompt import Note
-
-    return embed_notes(model, [Note("", n.get("title", ""), n.get("content", ""), tuple(n.get("hashtags", ())),
-                                    n.get("category", "")) for n in notes])
-
-
-def test_predictor_container_answers_kserve_clients_v1_v2_and_grpc(served: dict[str, Any]) -> None:
+def test_predictor_container_answers_kserve_clients_v1_v2_and_grpc(served: SimpleNamespace) -> None:
     from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
     texts = [json.dumps({"title": "Pasta at home", "content": "fresh pasta two ways"}), "a walk in the alps"]
-    expected = _embed(served["model"], [json.loads(texts[0]), {"content": texts[1]}])
+    expected = embed_dicts(served.model, [json.loads(texts[0]), {"content": texts[1]}])
 
     async def calls() -> tuple[Any, Any, Any]:
-        url = f"http://{served['predictor']}"
+        url = f"http://{served.predictor}"
         v1 = await InferenceRESTClient(RESTConfig(protocol="v1", retries=0)).infer(
             url, {"instances": texts}, model_name="notellm-embedder")
         v2 = await InferenceRESTClient(RESTConfig(protocol="v2", retries=0)).infer(
             url, InferRequest("notellm-embedder", [InferInput("notes", [2], "BYTES", data=texts)]),
             model_name="notellm-embedder")
-        async with InferenceGRPCClient(served["grpc"], timeout=60, retries=0) as grpc:
+        async with InferenceGRPCClient(served.grpc, timeout=60, retries=0) as grpc:
             grpc_input = InferInput("notes", [2], "BYTES")
             grpc_input.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
             over_grpc = await grpc.infer(InferRequest("notellm-embedder", [grpc_input], request_id="c-1"))
@@ -247,38 +236,28 @@ def test_predictor_container_answers_kserve_clients_v1_v2_and_grpc(served: dict[
     assert over_grpc.id == "c-1"
 
 
-def test_transformer_container_recommends_with_milvus_feast_and_the_predictor(served: dict[str, Any]) -> None:
+def test_transformer_container_recommends_with_milvus_feast_and_the_predictor(served: SimpleNamespace) -> None:
     from kserve import InferenceRESTClient, RESTConfig
 
-    notes = served["notes"].set_index("note_id")
+    notes = served.notes.set_index("note_id")
     held_out = notes.index[-1]
     new_note = {"title": "A new note", "content": "mixed words from several topics", "hashtags": ["x"]}
 
     async def call() -> dict[str, Any]:
         client = InferenceRESTClient(RESTConfig(protocol="v1", retries=0, timeout=120))
-        return await client.infer(f"http://{served['transformer']}",
+        return await client.infer(f"http://{served.transformer}",
                                   {"instances": [{"note_id": "n0"}, {"note_id": held_out}, new_note], "top_k": 4},
                                   model_name="notellm")
 
     known, feast_only, new = asyncio.run(call())["predictions"]
-    world = _World(served)
     assert (known["source"], feast_only["source"]) == ("index", "features")
-    assert_top_k(world, served["vectors"]["n0"], known["related"], 4, exclude="n0")
-    row = notes.loc[held_out]
-    held_out_note = {"title": row["title"], "content": row["content"], "hashtags": list(row["hashtags"]),
-                     "category": row["category"]}
-    assert_top_k(world, _embed(served["model"], [held_out_note])[0], feast_only["related"], 4, exclude=held_out)
-    assert_top_k(world, _embed(served["model"], [new_note])[0], new["related"], 4, exclude=None)
+    assert_top_k(served, served.vectors["n0"], known["related"], 4, exclude="n0")
+    held_out_note = note_fields(served.notes, held_out)
+    assert_top_k(served, embed_dicts(served.model, [held_out_note])[0], feast_only["related"], 4, exclude=held_out)
+    assert_top_k(served, embed_dicts(served.model, [new_note])[0], new["related"], 4, exclude=None)
     for hit in known["related"]:  # scalar features come from the Feast feature server's container
         assert hit["features"]["title"] == notes.loc[hit["note_id"], "title"]
-    assert len(served["notes"]) - HELD_OUT == len(served["vectors"])
-
-
-class _World:
-    """What ``serving_world.assert_top_k`` reads: the indexed vectors."""
-
-    def __init__(self, served: dict[str, Any]) -> None:
-        self.vectors = served["vectors"]
+    assert len(served.notes) - HELD_OUT == len(served.vectors)
 
 
 # --- every container the manifests start ---------------------------------------------------------------

@@ -55,19 +55,25 @@ def _visible_checkpoints_are_whole(directory: Path) -> None:
         assert names == CHECKPOINT_FILES, f"{entry.name} seen half-written or half-deleted: {sorted(names)}"
 
 
+def wait_for_checkpoint(process: subprocess.Popen, directory: Path, step: int, log: Path, timeout_s: float) -> None:
+    """Until ``directory`` holds a checkpoint of at least ``step``, checking that every visible one is whole;
+    fails with the log's tail if the process exits or ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := list_checkpoints(directory)) or _step(found[-1]) < step:
+        _visible_checkpoints_are_whole(directory)
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no checkpoint within {timeout_s:.0f} s"
+        time.sleep(0.01)
+
+
 def test_sigkill_after_a_checkpoint_resumes_without_repeating_steps(tmp_path, notes, pairs):  # noqa: F811
     args = write_workspace(tmp_path, notes, pairs, max_steps=TOTAL, epochs=TOTAL // 4, checkpoint_every=EVERY)
     out, ckpt = tmp_path / "model", tmp_path / "model.checkpoints"
     with open(tmp_path / "killed.log", "w") as log:
         killed = subprocess.Popen([*NOTELLM, "train", *args, "--out", str(out)], cwd=tmp_path,
                                   stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
         # wait for the third checkpoint, so the first has been pruned while we watched
-        while not (found := list_checkpoints(ckpt)) or _step(found[-1]) < 3 * EVERY:
-            _visible_checkpoints_are_whole(ckpt)
-            assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.01)
+        wait_for_checkpoint(killed, ckpt, 3 * EVERY, tmp_path / "killed.log", timeout_s=300)
         os.kill(killed.pid, signal.SIGKILL)
         assert killed.wait(timeout=60) == -signal.SIGKILL
     assert not out.exists()  # the killed run never got to write its model

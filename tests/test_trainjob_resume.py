@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from test_model_train import notes, pairs  # noqa: F401 - module fixtures
-from test_reliability_training import _step, _visible_checkpoints_are_whole, write_workspace
+from test_reliability_training import _step, _visible_checkpoints_are_whole, wait_for_checkpoint, write_workspace
 
 from notellm.k8s_jobs import job_name, train_command
 from notellm.model.checkpoints import list_checkpoints
@@ -79,12 +79,7 @@ def test_a_restarted_trainjob_resumes_from_the_checkpoints_on_the_claim(tmp_path
     with open(tmp_path / "killed.log", "w") as log:
         node = subprocess.Popen(command, env=_node_env(), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 120
-            while not (found := list_checkpoints(ckpt)) or _step(found[-1]) < 2 * EVERY:
-                _visible_checkpoints_are_whole(ckpt)
-                assert node.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "no checkpoint within 120 s"
-                time.sleep(0.01)
+            wait_for_checkpoint(node, ckpt, 2 * EVERY, tmp_path / "killed.log", timeout_s=120)
         finally:
             pids = _tree(node.pid)
             for pid in pids:  # the pod goes away: torchrun and its worker at once
