@@ -38,7 +38,6 @@ NOTELLM, SENTENCE_TRANSFORMERS = "notellm", "sentence-transformers"
 KINDS = (NOTELLM, SENTENCE_TRANSFORMERS)
 BASE = "all-MiniLM-L6-v2"
 TEXT_FORMAT = "title, content and #hashtags, one per line (notellm.evaluation.minilm.note_text)"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
@@ -69,12 +68,10 @@ class SentenceEncoder:
 
     def __init__(self, directory: str | Path, device: str = "cpu") -> None:
         from notellm.evaluation.minilm import load_minilm
+        from notellm.model.modeldir import refuse_pickles
 
         directory = Path(directory)
-        for path in sorted(directory.rglob("*")):
-            if path.is_file() and path.name.lower().endswith(PICKLE_SUFFIXES):
-                raise DataError("refusing to load a model directory that holds a pickle file "
-                                f"(allowed: safetensors and json); remove {path.name}", file=path)
+        refuse_pickles(directory)
         self.meta = read_meta(directory)
         self.model_version = str(self.meta["model_version"])
         self.model = load_minilm(directory, device=device)

@@ -90,7 +90,8 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def _refuse_pickles(directory: Path) -> None:
+def refuse_pickles(directory: Path) -> None:
+    """A DataError naming the first file under ``directory`` that could hold a pickle (nothing is unpickled)."""
     for path in sorted(directory.rglob("*")):
         if path.is_file() and path.name.lower().endswith(PICKLE_SUFFIXES):
             raise DataError("refusing to load a model directory that holds a pickle file "
@@ -102,7 +103,7 @@ def load_model(directory: str | Path, device: str | torch.device | None = None) 
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError("model directory not found", file=directory)
-    _refuse_pickles(directory)
+    refuse_pickles(directory)
     meta_path = _require(directory / MODEL_JSON, MODEL_JSON)
     try:
         meta = json.loads(meta_path.read_text())
