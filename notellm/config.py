@@ -86,7 +86,6 @@ class EvaluationConfig(Section):
 
     ks: list[int] = Field([10, 100, 1000], min_length=1, description="Recall@k for these k")
     gate_k: int = Field(100, ge=1, description="the gate compares Recall@gate_k")
-    min_gain: float = Field(0.0, description="the new model must beat the reference by this much")
     generation_notes: int = Field(
         64, ge=0, description="test notes whose category and hashtags are generated (0: skip generation)")
     baselines: list[Literal["zero-shot", "prompteol", "minilm", "minilm-ft"]] = Field(

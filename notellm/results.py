@@ -253,22 +253,26 @@ def _generation_metrics(model: Any, cfg: Config, notes: pd.DataFrame, pairs: pd.
                                           suffixes=("", "_true")).to_dict("records")}
 
 
+def untrained_model(cfg: Config, notes: pd.DataFrame, train_pairs: pd.DataFrame) -> Any:
+    """The untrained LLM of ``cfg``, centred as training centres it (on the notes of ``train_pairs``)."""
+    from notellm.model import build_model
+    from notellm.model.centering import fit_center_on_pairs
+    from notellm.model.prompt import notes_from_frame
+
+    model = build_model(cfg.model, cfg.prompt, seed=cfg.training.seed)
+    if cfg.model.center_notes:
+        fit_center_on_pairs(model, notes_from_frame(notes), train_pairs[["note_id_a", "note_id_b"]].to_numpy(),
+                            cfg.model.center_notes, seed=cfg.training.seed)
+    return model
+
+
 def _llm_model(method: Method, cfg: Config, notes: pd.DataFrame, pairs: pd.DataFrame, method_dir: Path,
                progress: bool) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
     """The untrained model, the trained one (reusing a finished model directory), its metrics and curve."""
-    from notellm.model import build_model, load_model, train_model
+    from notellm.model import load_model, train_model
 
     if not method.trained:
-        model = build_model(cfg.model, cfg.prompt, seed=cfg.training.seed)
-        if cfg.model.center_notes:  # as training does: centred on training notes
-            from notellm.model.centering import fit_center
-            from notellm.model.prompt import notes_from_frame
-
-            train = pairs[pairs["split"] == "train"]
-            seen = set(train["note_id_a"]) | set(train["note_id_b"])
-            fit_center(model, notes_from_frame(notes[notes["note_id"].isin(seen)]), cfg.model.center_notes,
-                       seed=cfg.training.seed)
-        return model, {}, []
+        return untrained_model(cfg, notes, pairs[pairs["split"] == "train"]), {}, []
     model_dir = method_dir / "model"
     if (model_dir / "notellm.json").is_file():
         log.info("%s: reusing the trained model in %s", method.label, model_dir)

@@ -196,14 +196,13 @@ def finetune_challenger(cfg: Config, notes_dir: Path, pairs_dir: Path, model_dir
 
 def _baseline_vectors(cfg: Config, name: str, notes: pd.DataFrame, train_pairs: pd.DataFrame) -> Any:
     """Vectors of every note under an untrained or cheap baseline (the results table's setting of ``name``)."""
-    from notellm.results import METHODS, with_overrides
+    from notellm.results import METHODS, untrained_model, with_overrides
 
     method = METHODS[name]
     if method.encoder == "llm":
-        from notellm.model import build_model, embed_notes
+        from notellm.model import embed_notes
 
-        base = with_overrides(cfg, method.overrides)
-        model = build_model(base.model, base.prompt, seed=cfg.training.seed)
+        model = untrained_model(with_overrides(cfg, method.overrides), notes, train_pairs)
         return embed_notes(model, notes, cfg.evaluation.batch_size, bf16=cfg.embedding.bf16)
     from notellm.evaluation.minilm import finetune_minilm, minilm_embed
 

@@ -119,6 +119,23 @@ def test_centring_spreads_the_vectors_and_survives_a_reload(notes, pairs, tmp_pa
     assert _mean_pairwise_cosine(embed_notes(loaded, notes, batch_size=4)) > _mean_pairwise_cosine(vectors) + 0.2
 
 
+def test_untrained_baselines_get_the_centre_training_fits(notes, pairs, tmp_path):
+    """The zero-shot rows (results table, evaluate step) are centred exactly as training centres NoteLLM."""
+    import torch
+
+    from notellm.config import Config
+    from notellm.results import untrained_model
+
+    train_model(notes, pairs, MODEL, PromptConfig(), cfg(max_steps=1), tmp_path / "model", progress=False)
+    trained_center = load_model(tmp_path / "model").encoder.center
+    base = Config(model=MODEL, training=cfg(max_steps=1))
+    untrained = untrained_model(base, notes, pairs[pairs["split"] == "train"])
+    assert torch.equal(untrained.encoder.center, trained_center) and trained_center.abs().sum() > 0
+    off = untrained_model(base.model_copy(update={"model": MODEL.model_copy(update={"center_notes": 0})}),
+                          notes, pairs[pairs["split"] == "train"])
+    assert not off.encoder.center.any()
+
+
 def test_generation_is_batch_independent_and_flags_illegal_categories(trained, notes):
     model = load_model(trained[2])
     frame = generate_for_notes(model, notes.head(5), num_hashtags=2, max_new_tokens=6, batch_size=5)

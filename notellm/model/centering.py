@@ -41,6 +41,15 @@ def fit_center(model: NoteLLM, notes: Sequence[Note], max_notes: int, *, seed: i
     return encoder.center
 
 
+def fit_center_on_pairs(model: NoteLLM, notes: Sequence[Note], pairs: np.ndarray, max_notes: int, *,
+                        seed: int = 0) -> torch.Tensor:
+    """:func:`fit_center` on the notes of ``pairs`` (rows of note ids a, b; the training pairs), in the
+    order they first occur: what training fits, so an untrained baseline gets the same centre."""
+    by_id = {n.note_id: n for n in notes}
+    seen = dict.fromkeys([*pairs[:, 0], *pairs[:, 1]])
+    return fit_center(model, [by_id[n] for n in seen], max_notes, seed=seed)
+
+
 def mean_pairwise_cosine(vectors: np.ndarray) -> float:
     """Mean cosine over distinct pairs of L2-normalised rows (near 1: anisotropic; near 0: spread out)."""
     n = len(vectors)

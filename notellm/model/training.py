@@ -30,7 +30,7 @@ from notellm.errors import ConfigError, DataError
 from notellm.io import atomic_dir, write_json
 from notellm.model.batches import epoch_batches
 from notellm.model.bundle import NoteLLM, build_model
-from notellm.model.centering import fit_center, mean_pairwise_cosine
+from notellm.model.centering import fit_center_on_pairs, mean_pairwise_cosine
 from notellm.model.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from notellm.model.curve import plot_curve, summarize
 from notellm.model.embed import embed_notes
@@ -185,8 +185,7 @@ def train_model(notes: pd.DataFrame, pairs: pd.DataFrame, model_cfg: ModelConfig
     model = build_model(model_cfg, prompt_cfg, seed=train_cfg.seed)
     model.encoder.to(ctx.device)
     if model_cfg.center_notes:
-        seen = dict.fromkeys([*train_pairs[:, 0], *train_pairs[:, 1]])
-        fit_center(model, [by_id[n] for n in seen], model_cfg.center_notes, seed=train_cfg.seed)
+        fit_center_on_pairs(model, note_list, train_pairs, model_cfg.center_notes, seed=train_cfg.seed)
     apply_finetuning(model, model_cfg)
     encoder = model.encoder.to(ctx.device).train()
     torch.manual_seed(train_cfg.seed + 1 + ctx.rank)  # dropout streams differ per rank
