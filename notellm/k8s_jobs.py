@@ -22,7 +22,7 @@ SPARK = ("sparkoperator.k8s.io", "v1beta2", "sparkapplications")
 TRAINER = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
 SHARED_MOUNT = "/mnt/notellm-shared"
 SPARK_ACCOUNT = "notellm-spark"  # manifests/base/spark-rbac.yaml
-SPARK_VERSION = "4.0.0"
+SPARK_VERSION = "4.3.0"  # the pyspark the image installs (pyproject: spark extra)
 DRIVER_FILE = "local:///app/notellm/mining_spark.py"  # the project image keeps the package at /app
 # Spark's Kubernetes entrypoint in the project image (image/spark-entrypoint.sh): Spark starts the driver and
 # executor containers with the args `driver ...` / `executor ...` and no command, so the image's own command

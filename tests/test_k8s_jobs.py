@@ -152,6 +152,17 @@ def stand_in() -> Iterator[Callable[..., tuple[StandIn, Any]]]:
         server.shutdown()
 
 
+def test_spark_version_is_the_pyspark_the_image_installs() -> None:
+    """The SparkApplication's sparkVersion names the Spark that runs it: pyspark's minor release, which
+    pyproject's spark extra pins."""
+    from importlib.metadata import version
+
+    from notellm.k8s_jobs import SPARK_VERSION
+
+    assert SPARK_VERSION.split(".")[:2] == version("pyspark").split(".")[:2]
+    assert _spark()["spec"]["sparkVersion"] == SPARK_VERSION
+
+
 def test_run_job_creates_watches_and_surfaces_a_failure(stand_in) -> None:
     def operator(kind: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         if body["metadata"]["name"].endswith("bad"):
