@@ -100,7 +100,8 @@ class ModelConfig(Section):
     backbone: str = Field("smollm2-135m",
                           description="smollm2-135m, tiny-random, or a Hugging Face path or name")
     dim: int | None = Field(128, ge=1, description="projection size d; None keeps the raw hidden state")
-    tau_init: float = Field(3.0, description="initial tau; the logit scale is e^tau")
+    tau_init: float = Field(1.0, description="initial tau; the logit scale is e^tau (the official code's 3 "
+                                             "collapses centred states: docs/quality.md)")
     center_notes: int = Field(256, ge=0, description="centre pooled states on the mean of this many training "
                                                      "notes before training (0: no centring)")
     finetune: Literal["lora", "full"] = "lora"

@@ -250,8 +250,9 @@ def test_pipeline_baselines_are_the_tables_settings(table):
 
     ws, cfg, _ = table
     notes, pairs, _ = prepare(cfg, ws)
-    notes = notes.head(6)
-    zero_shot = np.asarray(_baseline_vectors(cfg, "zero-shot", notes, pairs))
-    prompteol = np.asarray(_baseline_vectors(cfg, "prompteol", notes, pairs))
-    assert zero_shot.shape == prompteol.shape == (6, 64)  # untrained rows: the raw hidden state, not model.dim
+    train = pairs[pairs["split"] == "train"].head(3)  # the untrained rows are centred on training notes
+    notes = notes[notes["note_id"].isin({*train["note_id_a"], *train["note_id_b"]})]
+    zero_shot = np.asarray(_baseline_vectors(cfg, "zero-shot", notes, train))
+    prompteol = np.asarray(_baseline_vectors(cfg, "prompteol", notes, train))
+    assert zero_shot.shape == prompteol.shape == (len(notes), 64)  # untrained rows: the raw hidden state, not model.dim
     assert not np.allclose(zero_shot, prompteol)  # the two prompts pool different tokens
