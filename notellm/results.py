@@ -108,6 +108,8 @@ TUNING = ("Recipe choices (steps, learning rates of the projection and tau, batc
           "0.001}]'` (or `notellm.results.tune_on_val`) trains each setting and ranks the val pairs, never the "
           "test pairs; the table shows val R@100 beside the test numbers, and the trials are listed under "
           "Tuning on val.\n")
+QUALITY = ("How the recipe was chosen (the defects fixed, the val trials, why tau starts at 1) and what the "
+           "table says about NoteLLM: [quality.md](quality.md).\n\n")
 # Fields that change how a run goes, never its result: left out of a method's settings digest.
 _RUN_FIELDS = {"training": {"threads", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume",
                             "log_every", "val_every", "val_max_pairs", "val_k", "model_version"},
@@ -753,6 +755,8 @@ def write_results_md(cfg: Config, names: list[str], results: dict[str, dict[str,
              if names == CORE_METHODS else "a table of the methods asked for")
     default_setup = cfg.model.backbone == "smollm2-135m" and cfg.data.dataset == "movielens-100k"
     budget = BUDGET if default_setup and names in (CORE_METHODS, ALL_METHODS) else ""
+    if default_setup:
+        budget += QUALITY
     md = f"""# Results: NoteLLM against the paper's baselines on {dataset}
 
 Status: **{status}**. This is {scope}.
