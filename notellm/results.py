@@ -683,8 +683,9 @@ Wall time per method on the machine that ran it (model = build, load or train; e
 """
 
 
-def tuning_section(cfg: Config, workspace: Path, digest: str) -> str:
-    """Markdown of every val trial in ``<workspace>/tuning`` made on the same data (best first per method).
+def tuning_section(cfg: Config, workspace: Path, digest: str, pairs: pd.DataFrame | None = None) -> str:
+    """Markdown of every val trial in ``<workspace>/tuning`` made on the same data (best first per method),
+    ± the cluster-bootstrap standard error over the val ``pairs`` (binomial without them), as in the table.
 
     A trial is shown by what it changed against the table's own settings for that method, so a trial run
     with a shorter budget reads e.g. ``training.max_steps=80 training.lr=0.001``.
@@ -702,10 +703,10 @@ def tuning_section(cfg: Config, workspace: Path, digest: str) -> str:
         changes = {key: value for key, value in _flat(settings).items()
                    if key in table and table[key] != value}
         result = json.loads(result_path.read_text())
-        val = recall(result, "val", [k])
-        rows.append((name, -val["recall"][k], " ".join(f"`{key}={json.dumps(v)}`" for key, v in
-                                                       sorted(changes.items())) or "(the table's recipe)",
-                     _pct(val["recall"][k], val["stderr"][k]), result["seconds"]["total"] / 60))
+        mean, se = recall_interval(result, "val", k, pairs)
+        rows.append((name, -mean, " ".join(f"`{key}={json.dumps(v)}`" for key, v in
+                                           sorted(changes.items())) or "(the table's recipe)",
+                     _pct(mean, se), result["seconds"]["total"] / 60))
     if not rows:
         return ""
     lines = [f"| {METHODS[name].label} | {changes} | {recall_text} | {minutes:.1f} |"
@@ -713,8 +714,8 @@ def tuning_section(cfg: Config, workspace: Path, digest: str) -> str:
     return f"""## Tuning on val
 
 Every setting tried on the val split (`notellm results --tune ...`), by what it changes against the table's
-recipe; the test pairs were never ranked for these. Trials with a shorter budget than the table's are
-comparable with each other, not with the table's val column.
+recipe; the test pairs were never ranked for these; ± is the cluster-bootstrap standard error, as in the table.
+Trials with a shorter budget than the table's are comparable with each other, not with the table's val column.
 
 | Method | changed settings | val R@{k} (%) | minutes |
 |---|---|---:|---:|
@@ -815,7 +816,7 @@ def run_results(cfg: Config, workspace: Path, methods: list[str] | None = None,
     results: dict[str, dict[str, Any]] = {}
     ran: list[str] = []
     cached: list[str] = []
-    tuning = tuning_section(cfg, workspace, digest)
+    tuning = tuning_section(cfg, workspace, digest, pairs)
     verdicts = write_results_md(cfg, names, results, stats, out_md, command, tuning, pairs)
     for name in names:
         results[name], fresh = _cached_run(name, cfg, notes, pairs, workspace / "methods" / name, digest,
@@ -844,8 +845,8 @@ def tune_on_val(cfg: Config, workspace: Path, grid: dict[str, list[Any]] | list[
     dicts (each one a trial, e.g. one change at a time against ``{}``, the recipe itself).
 
     The test pairs are never ranked here: each trial embeds the catalogue and ranks the val pairs. Trials
-    are cached like the table's methods. Returns the trials (settings, val Recall@k, its standard error)
-    sorted best first, and the best overrides; ``<workspace>/tuning/<method>/tuning.json`` keeps them.
+    are cached like the table's methods. Returns the trials (settings, val Recall@k, its cluster-bootstrap
+    standard error) sorted best first, and the best overrides; ``<workspace>/tuning/<method>/tuning.json`` keeps them.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: use one of {ALL_METHODS}")
@@ -863,9 +864,9 @@ def tune_on_val(cfg: Config, workspace: Path, grid: dict[str, list[Any]] | list[
         slug = _digest(overrides)
         result, _ = _cached_run(method, trial_cfg, notes, pairs, workspace / "tuning" / method / slug, digest,
                                 splits=("val",), force=force, progress=progress)
-        val = recall(result, "val", [k])
-        trials.append({"overrides": overrides, f"val_recall_at_{k}": val["recall"][k],
-                       "stderr": val["stderr"][k], "seconds": result["seconds"]["total"], "dir": slug})
+        mean, se = recall_interval(result, "val", k, pairs)
+        trials.append({"overrides": overrides, f"val_recall_at_{k}": mean,
+                       "stderr": se, "seconds": result["seconds"]["total"], "dir": slug})
     trials.sort(key=lambda t: -t[f"val_recall_at_{k}"])
     summary = {"method": method, "k": k, "best": trials[0]["overrides"], "trials": trials}
     write_json(summary, workspace / "tuning" / method / "tuning.json")

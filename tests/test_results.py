@@ -16,9 +16,11 @@ from notellm.results import (
     METHODS,
     RECIPE,
     _cached_run,
+    _pct,
     compare,
     data_digest,
     prepare,
+    recall_interval,
     resolve_methods,
     results_config,
     run_results,
@@ -207,8 +209,14 @@ def test_tune_on_val_never_ranks_the_test_pairs(table):
     reused = next(t for t in listed["trials"] if t["overrides"])
     assert reused["dir"] == next(t["dir"] for t in trials if t["overrides"]["training.projection_lr"] == 1e-2)
     assert (ws / "tuning" / "notellm" / reused["dir"] / "result.json").stat().st_mtime_ns == cached[reused["dir"]]
-    section = tuning_section(table[1], ws, data_digest(*prepare(cfg, ws)[:2]))
+    notes, pairs, _ = prepare(cfg, ws)
+    section = tuning_section(table[1], ws, data_digest(notes, pairs), pairs)
     assert "## Tuning on val" in section and section.count("| NoteLLM |") == 3  # 1e-3, 1e-2 and {} (= 1e-3)
+    # The listing's ± is the cluster bootstrap of the table's columns, not the per-pair binomial error.
+    result = json.loads((ws / "tuning" / "notellm" / reused["dir"] / "result.json").read_text())
+    mean, se = recall_interval(result, "val", 100, pairs)
+    assert reused["stderr"] == se and f"| {_pct(mean, se)} |" in section
+    assert se != recall_interval(result, "val", 100, None)[1]
     assert "`training.max_steps=1` `training.projection_lr=0.01` |" in section
     assert tuning_section(table[1], ws, "other data") == ""
     assert reused["val_recall_at_100"] == next(t["val_recall_at_100"] for t in trials
