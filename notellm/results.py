@@ -683,9 +683,9 @@ Wall time per method on the machine that ran it (model = build, load or train; e
 """
 
 
-def tuning_section(cfg: Config, workspace: Path, digest: str, pairs: pd.DataFrame | None = None) -> str:
+def tuning_section(cfg: Config, workspace: Path, digest: str, pairs: pd.DataFrame) -> str:
     """Markdown of every val trial in ``<workspace>/tuning`` made on the same data (best first per method),
-    ± the cluster-bootstrap standard error over the val ``pairs`` (binomial without them), as in the table.
+    ± the cluster-bootstrap standard error over the val ``pairs``, as in the table.
 
     A trial is shown by what it changed against the table's own settings for that method, so a trial run
     with a shorter budget reads e.g. ``training.max_steps=80 training.lr=0.001``.
@@ -846,7 +846,8 @@ def tune_on_val(cfg: Config, workspace: Path, grid: dict[str, list[Any]] | list[
 
     The test pairs are never ranked here: each trial embeds the catalogue and ranks the val pairs. Trials
     are cached like the table's methods. Returns the trials (settings, val Recall@k, its cluster-bootstrap
-    standard error) sorted best first, and the best overrides; ``<workspace>/tuning/<method>/tuning.json`` keeps them.
+    standard error) sorted best first, and the best overrides; ``<workspace>/tuning/<method>/tuning.json``
+    keeps them.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: use one of {ALL_METHODS}")

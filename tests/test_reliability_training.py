@@ -55,7 +55,8 @@ def _visible_checkpoints_are_whole(directory: Path) -> None:
         assert names == CHECKPOINT_FILES, f"{entry.name} seen half-written or half-deleted: {sorted(names)}"
 
 
-def wait_for_checkpoint(process: subprocess.Popen, directory: Path, step: int, log: Path, timeout_s: float) -> None:
+def wait_for_checkpoint(process: subprocess.Popen, directory: Path, step: int, log: Path,
+                        timeout_s: float) -> None:
     """Until ``directory`` holds a checkpoint of at least ``step``, checking that every visible one is whole;
     fails with the log's tail if the process exits or ``timeout_s`` passes first."""
     deadline = time.monotonic() + timeout_s

@@ -218,7 +218,7 @@ def test_tune_on_val_never_ranks_the_test_pairs(table):
     assert reused["stderr"] == se and f"| {_pct(mean, se)} |" in section
     assert se != recall_interval(result, "val", 100, None)[1]
     assert "`training.max_steps=1` `training.projection_lr=0.01` |" in section
-    assert tuning_section(table[1], ws, "other data") == ""
+    assert tuning_section(table[1], ws, "other data", pairs) == ""
     assert reused["val_recall_at_100"] == next(t["val_recall_at_100"] for t in trials
                                                if t["overrides"]["training.projection_lr"] == 1e-2)
 
