@@ -166,7 +166,7 @@ def section(table: str, rows: list[dict], sizes: list[int], spark_sizes: list[in
         spark_version = f", PySpark {pyspark.__version__} (Java {_java_version()})"
     except ImportError:
         spark_version = ""
-    startup = ", ".join(f"{row['startup_s']:.1f} s" for row in spark_rows)
+    startup = ", ".join(f"{row['startup_s']:.1f} s at {row['events']:,} events" for row in spark_rows)
     return f"""{SECTION}
 
 Co-occurrence pair mining (`notellm.mining.mine_pairs`) against a vectorised pandas implementation of
@@ -196,7 +196,7 @@ times are noisier than CPU times.
 {table}
 
 {NOTES}
-Reproduce (about 3.5 minutes here): `{COMMAND} --sizes {sizes_arg} --spark-sizes {spark_arg}{shape}`
+Reproduce (about 4 minutes here): `{COMMAND} --sizes {sizes_arg} --spark-sizes {spark_arg}{shape}`
 (rewrites this section; the logs are cached under `--work-dir`).
 """
 
@@ -211,32 +211,32 @@ def _java_version() -> str:
 
 # Hand-written reading of the numbers (kept by reruns; update it when the numbers change).
 NOTES = """\
-The shared SQL (`GROUP BY a, b` and `row_number()`, replacing the DuckDB-only packed-key aggregate with a
-top-t aggregate) did not make DuckDB slower. The previous version of this section (the packed-key scoring,
-measured a week earlier, load average 4.6 to 5.9) had at 10M events DuckDB 60.8 s wall / 29.4 s CPU / 2.9 GiB
-and pandas 195.5 s / 99.5 s / 7.9 GiB (3.4x of CPU), and at 1M DuckDB 3.1 s of CPU against pandas' 5.7 (1.8x).
-Now DuckDB used 22.2 s of CPU at 10M (24.7 s in a second run), at the same peak memory. The speed-up over
-pandas is smaller (2.2x of CPU at 10M, 2.4x in the second run; 1.3x at 1M) because pandas itself measured
-about twice as fast as a week ago (49 and 58 s of CPU at 10M) with the same `mining_pandas.py`, pandas and
-DuckDB versions, on a machine that was busier now; the cause was not found (a different host behind the
-same description is one possibility), so compare engines within one run, not across runs.
+This run had the machine to itself (load average 0.5 to 2.3 on 2 cores). An earlier run of the same script
+on a shared machine (load average 6.8 to 8.6) measured DuckDB at 39.9 s wall / 22.2 s CPU at 10M and pandas at
+73.4 s / 49.0 s, and Spark at 78.0 s wall at 1M: CPU times agree within about 10% across the two runs, wall
+times do not, so compare engines within one run, not across runs. DuckDB uses about 2.2 times less CPU than
+the vectorised pandas reference at 10M (1.3 times at 1M) and 0.37 of its peak memory.
 
-Spark in local mode pays for its generality on one machine: at 1M events it took about 25 times DuckDB's
-wall time and 3.6 times its peak memory (its JVM with 2g of driver memory, plus the Python process), about
-9 s of it starting the JVM and the session; the 3M run was left out (it would have taken several minutes).
-It was not profiled here; the job is several shuffling stages (the windowed candidates, then `pair_sql`)
-over 8 partitions on 2 task slots, with rows serialised between the JVM and Python at both ends, where
-DuckDB works in-process on arrow buffers.
+Spark in local mode pays for its generality on one machine. At 1M events it took 17 times DuckDB's wall time
+(22 times its CPU) and 3.3 times its peak memory (its JVM with 2g of driver memory, plus the Python process),
+3.9 s of it starting the JVM and the session. At 10M the gap narrows to 10 times the wall time (14 times the
+CPU) and 1.2 times the peak memory (3.3 GiB against 2.9): from 1M to 10M Spark's wall time grew 6.2 times,
+DuckDB's 10.2 times, because the start-up and the per-stage scheduling are paid once. Spark mined 68,000
+events/s against DuckDB's 700,000. It was not profiled here; the job is several shuffling stages (the
+windowed candidates, then `pair_sql`) over 8 partitions on 2 task slots, with rows serialised between the
+JVM and Python at both ends, where DuckDB works in-process on arrow buffers.
 
 When to switch to `mining.engine: spark` (and `spark_on_cluster=true`): not for speed on one node. The
-DuckDB engine mines 10M events in under a minute, and its time and memory grow about linearly (peak RSS
-0.65 GiB at 1M, 2.8 GiB at 10M: the candidate arrays, about 4 per event, live in the step's process, outside
+DuckDB engine mines 10M events in 14 s here, and its time and memory grow about linearly (peak RSS 0.7 GiB
+at 1M, 2.9 GiB at 10M: the candidate arrays, about 4 per event, live in the step's process, outside
 DuckDB's spilling `memory_limit`), so a node with 64 GiB covers logs of about 200 million events. Switch when
 that stops being true: the events (and their candidates) no longer fit one node's memory or its pod's disk
 (the step copies its input in), the mining must finish within a window one node cannot meet, or the events
 already live in a lake (parquet on S3/GCS/HDFS, a Hive or Iceberg table) that Spark executors read in place,
-where copying them into one pod would be the slow part. The Spark engine gives the same pairs (checked above
-and in `tests/test_mining_spark.py`), so the switch is a setting, not a migration.
+where copying them into one pod would be the slow part. Spark's executors add task slots and memory by the
+node, so on a cluster its per-event cost divides by the executors' cores, where DuckDB stays on one node.
+The Spark engine gives the same pairs (checked above and in `tests/test_mining_spark.py`), so the switch is
+a setting, not a migration.
 """
 
 
