@@ -33,11 +33,17 @@ from notellm.vectorstore import NoteIndex, lite_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Milvus"
-# The earlier 1M run (about 30 minutes on 2 cores; too long to repeat in every run), kept in the section.
-EARLIER_1M = """| 1,000,000 | 1,433 | 21.1 | 64 | 0.9997 | 423 | 20.1x | 1,807 |
-| 1,000,000 | | | 128 | 1.0000 | 347 | 16.4x | 1,943 |
-| 1,000,000 | | | 256 | 1.0000 | 87 | 4.1x | 2,731 |
-| 1,000,000 | | | 512 | 1.0000 | 47 | 2.2x | 3,314 |"""
+# Smaller sizes from an earlier run of this script (through NoteIndex, on 2 cores shared with other jobs, 1-minute
+# load average 1.3 to 6.0), kept in the section below the 1M run.
+EARLIER_ROWS = """| 500,000 | 259.5 | 200.4 | 64 | 0.9994 | 1,129 | 5.6x | 403.1 |
+| 500,000 | | | 128 | 0.9998 | 791 | 3.9x | 437.2 |
+| 500,000 | | | 256 | 0.9998 | 498 | 2.5x | 448.7 |
+| 300,000 | 164.8 | 314.1 | 64 | 0.9995 | 1,247 | 4.0x | 220.3 |
+| 300,000 | | | 128 | 0.9999 | 1,098 | 3.5x | 212.4 |
+| 300,000 | | | 256 | 0.9999 | 838 | 2.7x | 213.5 |
+| 200,000 | 150.2 | 417.3 | 64 | 0.9997 | 1,243 | 3.0x | 180.2 |
+| 200,000 | | | 128 | 1.0000 | 1,071 | 2.6x | 199.6 |
+| 200,000 | | | 256 | 1.0000 | 672 | 1.6x | 202.7 |"""
 
 
 def synthetic_vectors(n: int, dim: int, centres: int, spread: float, seed: int) -> np.ndarray:
@@ -189,16 +195,15 @@ same run: all queries times the whole matrix, in chunks of 50,000 rows, `argpart
 {results['k']}. Queries/s are for the whole query set sent at once (one `search` call for all queries, the
 way the recommender batches requests); "one query alone" is the median of 50 searches sent one call each.
 
-Measured on {os.cpu_count()} CPU cores shared with other jobs ({platform.machine()}, Python
-{platform.python_version()}; 1-minute load average {min(loads):.1f} to {max(loads):.1f} at the starts and
-ends of the runs, so times are noisy; recall is not affected), one run per size, one at a time. The
-{results['n']:,}-vector run is the largest that fits about 6 minutes here; the 1M rows are from an earlier
-run (about 30 minutes).
+The {results['n']:,}-vector rows were measured on {os.cpu_count()} CPU cores ({platform.machine()}, Python
+{platform.python_version()}; 1-minute load average {min(loads):.1f} to {max(loads):.1f} at the start and end of
+the run; recall is not affected by load). The smaller sizes are from an earlier run of the same script, one
+size at a time, on a machine shared with other jobs (load average 1.3 to 6.0), so their times are noisier.
 
 | vectors | build (s) | exact numpy (queries/s) | ef | recall@10 | HNSW queries/s | vs numpy | one query alone, p50 (ms) |
 |---:|---:|---:|---:|---:|---:|---:|---:|
-{EARLIER_1M}
 {chr(10).join(rows)}
+{EARLIER_ROWS}
 
 {MILVUS_NOTES}
 ### Sizing a Milvus cluster
@@ -224,7 +229,7 @@ line with the estimate above with its headroom ({planned_gib:.2f} GiB per millio
 `--uri http://HOST:19530` runs this benchmark against it, and the query nodes' memory after `load` is the
 figure to plan with.
 
-Reproduce (about 6 minutes on 2 shared cores; `--n 1000000` took about 30):
+Reproduce (`--n 1000000` takes about 30 minutes on 2 cores; `--n 500000` about 6):
 
 ```bash
 .venv/bin/python benchmarks/bench_milvus.py --n {results['n']} --ef {" ".join(str(r["ef"]) for r in results["runs"])} --docs

@@ -81,6 +81,11 @@ class PromptConfig(Section):
     hide_category: bool = Field(
         True, description="the note's category never appears in a compression prompt's input: dropped from "
                           "the topics and, as a whole word, from title and content (else CSFT copies it)")
+    embed_whole_note: bool = Field(
+        True, description="the embedding prompt shows the whole note, category included (the paper embeds "
+                           "the prompt that holds all of the note's information), and training pools that same "
+                           "prompt; CSFT then reads a second row per note that follows hide_category (about "
+                           "twice the tokens per step), so it stays a prediction")
     add_bos: bool = True
     seed: int = 0
 

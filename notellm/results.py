@@ -579,7 +579,12 @@ def _paragraph(cfg: Config, names: list[str], results: dict[str, dict[str, Any]]
     if behind or ties:
         text += (" The paper trained Llama-2-7B on far more pairs: a budget this small is the first suspect "
                  "for a gap, ahead of the method itself.")
-    if cfg.prompt.hide_category:
+    if cfg.prompt.hide_category and cfg.prompt.embed_whole_note:
+        text += (" The NoteLLM rows embed, and train on, the whole note (`prompt.embed_whole_note`), as "
+                 "PromptEOL, RepLLaMA and MiniLM see it; CSFT reads a second prompt per note that never shows the "
+                 "note's category (`prompt.hide_category`), so that it predicts the category rather than "
+                 "copying it.")
+    elif cfg.prompt.hide_category:
         text += (" The compression prompt never shows a note's category in its input (`prompt.hide_category`, "
                  "so that CSFT is not a copy task): on MovieLens, where the category is the first genre and the "
                  "content lists every genre, the NoteLLM rows embed without that genre, while PromptEOL, "

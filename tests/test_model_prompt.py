@@ -63,15 +63,36 @@ def test_movielens_category_prompts_never_show_their_target(backbone, layout):
         target = re.compile(rf"(?<!\w){re.escape(note.category)}(?!\w)", re.IGNORECASE)
         assert target.search(output), (note.note_id, output)
         assert not target.search(head), (note.note_id, head)
-    shown = p.tokenizer.decode(p.embedding_ids(notes_from_frame(notes.head(1))[0]))
+    toy_story = notes_from_frame(notes.head(1))[0]
+    assert "genres Animation, Children's and Comedy" in p.tokenizer.decode(p.embedding_ids(toy_story))
+    hidden = prompter(backbone, hashtag_task_share=0.0, layout=layout, embed_whole_note=False)
+    shown = hidden.tokenizer.decode(hidden.embedding_ids(toy_story))
     assert "Children's and Comedy" in shown and "Animation" not in shown  # Toy Story: the other genres stay
 
 
+def test_whole_note_embedding_keeps_the_task_prompts_hidden(backbone):
+    """``embed_whole_note`` (default): the embedding prompt shows the category, the CSFT and generation prompts do not."""
+    p = prompter(backbone, hashtag_task_share=0.0)
+    embedded = p.tokenizer.decode(p.embedding_ids(NOTE))
+    assert '"topic": "Animation, Children, Comedy"' in embedded
+    ex = p.training_example(NOTE)
+    head = p.tokenizer.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab == IGNORE_INDEX])
+    assert "Animation" not in head and '"topic": "Children, Comedy"' in head
+    assert "Animation" not in p.tokenizer.decode(p.generation_ids(NOTE, "category"))
+    hidden = prompter(backbone, hashtag_task_share=0.0, embed_whole_note=False)
+    assert ex.input_ids == hidden.training_example(NOTE).input_ids  # training is unchanged by the setting
+    assert p.embedding_ids(NOTE) != hidden.embedding_ids(NOTE)
+
+
 def test_official_layout_pools_the_embedding_prompt_in_every_task(backbone):
-    p = prompter(backbone, hashtag_task_share=1.0, max_output_hashtags=2)
+    p = prompter(backbone, hashtag_task_share=1.0, max_output_hashtags=2, embed_whole_note=False)
     embedding = p.embedding_ids(NOTE)
     ex = p.training_example(NOTE)
     assert ex.task == "hashtags" and ex.input_ids[:len(embedding)] == embedding
+    whole = prompter(backbone, hashtag_task_share=1.0, max_output_hashtags=2)  # the same but the category
+    assert whole.training_example(NOTE).input_ids == ex.input_ids
+    assert whole.tokenizer.decode(whole.embedding_ids(NOTE)).replace("Animation, ", "") == \
+        p.tokenizer.decode(embedding)
     j = len(p.choose_task(NOTE)[1])
     text = p.tokenizer.decode(ex.input_ids)
     assert text.startswith(p.tokenizer.bos_token + "Extract the note information in json format, compress it "
@@ -168,3 +189,26 @@ def test_notes_from_frame_checks_text(notes_df):
         notes_from_frame(notes_df.assign(hashtags=["pasta", "x", "y"]))
     with pytest.raises(DataError, match="expected a string"):
         notes_from_frame(pd.DataFrame({"note_id": ["a"], "title": [3.5], "content": ["x"]}))
+
+
+@pytest.mark.parametrize("with_output", [True, False])
+def test_training_pools_the_whole_note_and_reads_csft_from_a_hidden_prompt(backbone, with_output):
+    """Training pools exactly the embedding prompt (the genre shown); CSFT reads a second row that hides it."""
+    from notellm.model.training import _step_rows
+
+    other = Note("m2", "Heat (1995)", "Heat, released in 1995, is a movie in the genres Action, Crime and Thriller.",
+                 ("Action", "Crime", "Thriller"), "Action")
+    p = prompter(backbone, hashtag_task_share=0.0)
+    seqs, labels = _step_rows(p, [NOTE, other], 0, with_output)
+    assert seqs[:2] == [p.embedding_ids(NOTE), p.embedding_ids(other)] and labels[:2] == [None, None]
+    if not with_output:
+        assert len(seqs) == 2
+        return
+    assert seqs[2:] == [p.training_example(n).input_ids for n in (NOTE, other)]
+    assert labels[2:] == [p.training_example(n).labels for n in (NOTE, other)]
+    assert "Action" not in p.tokenizer.decode([t for t, lab in zip(seqs[3], labels[3]) if lab == IGNORE_INDEX])
+    hidden = prompter(backbone, hashtag_task_share=0.0, embed_whole_note=False)  # one row per note, as before
+    seqs, labels = _step_rows(hidden, [NOTE, other], 0, with_output)
+    assert seqs == [hidden.training_example(n).input_ids for n in (NOTE, other)]
+    plain = Note("m3", "A title", "No genre words here.", (), "Drama")  # nothing hidden: one row suffices
+    assert len(_step_rows(p, [plain], 0, with_output)[0]) == 1

@@ -8,8 +8,10 @@ Layouts (DESIGN.md; ``prompt.layout``):
 - ``paper`` (the paper's text): ``[BOS]<task instruction> <note as JSON> The compression word is:"[EMB]".
   <guidance> <output>[EOS]``; the hashtag task's instruction holds j and its note has no topics.
 
-With ``hide_category`` the note's category is in no prompt's input (topics, title, content), so the
-category task is not a copy of the input (MovieLens lists every genre in its content).
+With ``hide_category`` the note's category is in no training or generation prompt's input (topics, title,
+content), so the category task is not a copy of the input (MovieLens lists every genre in its content); with
+``embed_whole_note`` the embedding prompt still shows it (the training prompt of the official layout then
+differs from the embedding prompt by the category's words only).
 User text is tokenized with ``split_special_tokens=True``, so a literal "[EMB]" (or any other special token
 text) in a note can never become a special id: every prompt holds exactly one ``[EMB]``, the real one.
 """
@@ -146,8 +148,9 @@ class NotePrompter:
         j = rng.randint(1, min(self.cfg.max_output_hashtags, len(note.hashtags)))
         return "hashtags", tuple(rng.sample(note.hashtags, j))
 
-    def _prefix(self, note: Note, task: Task, j: int) -> list[int]:
-        """Ids up to and including [EMB] for the chosen prompt kind and task (layout official: any task)."""
+    def _prefix(self, note: Note, task: Task, j: int, *, embedding: bool = False) -> list[int]:
+        """Ids up to and including [EMB] for the chosen prompt kind and task (layout official: any task);
+        ``embedding``: the prompt embedding pools (the whole note under ``embed_whole_note``)."""
         t, kind = self.cfg.template, self.cfg.kind
         if kind == "notellm":
             if self.cfg.layout == "official":
@@ -156,7 +159,8 @@ class NotePrompter:
                 instruction, topics = t.category_instruction, True
             else:
                 instruction, topics = t.hashtag_instruction.format(j=j), False
-            body = self.note_json(note, topics=topics, hide_category=self.cfg.hide_category)
+            hide = self.cfg.hide_category and not (embedding and self.cfg.embed_whole_note)
+            body = self.note_json(note, topics=topics, hide_category=hide)
             ids = self._fixed(instruction) + self.tokens(t.separator + body + t.separator + self._before_emb)
         elif kind == "prompteol":
             ids = self.tokens(t.prompteol.format(note=self.note_json(note, topics=True, hide_category=False)))
@@ -172,7 +176,17 @@ class NotePrompter:
 
     def embedding_ids(self, note: Note) -> list[int]:
         """The category prompt without its output (DESIGN.md), ending at [EMB]: all that pooling needs."""
-        return self._prefix(note, "category", 0)
+        return self._prefix(note, "category", 0, embedding=True)
+
+    def training_pool_ids(self, note: Note, example: Example) -> list[int] | None:
+        """The ids training pools for ``note`` when they are not ``example``'s prefix: the embedding prompt,
+        under the official layout when it shows what the task prompt hides (``embed_whole_note`` with
+        ``hide_category``), so that training pools what embedding pools. None: pool ``example`` itself."""
+        c = self.cfg
+        if c.kind != "notellm" or c.layout != "official" or not (c.embed_whole_note and c.hide_category):
+            return None
+        whole = self.embedding_ids(note)
+        return None if example.input_ids[:len(whole)] == whole else whole
 
     def generation_ids(self, note: Note, task: Task, j: int = 1) -> list[int]:
         """Prompt up to the output guidance, for generating the category or j hashtags."""

@@ -36,7 +36,7 @@ from notellm.model.curve import plot_curve, summarize
 from notellm.model.embed import embed_notes
 from notellm.model.losses import combined_loss, gather_with_grad, gcl_loss
 from notellm.model.modeldir import new_model_version, write_model_files
-from notellm.model.prompt import Note, notes_from_frame
+from notellm.model.prompt import Example, Note, NotePrompter, notes_from_frame
 from notellm.model.runtime import autocast, default_device, make_batch, set_threads, use_bf16
 from notellm.model_config import ModelConfig, PromptConfig, TrainingConfig
 
@@ -142,6 +142,24 @@ def _recall_at_k(model: NoteLLM, pairs: np.ndarray, notes: dict[str, Note], k: i
     return float((rank < k).mean())
 
 
+def _step_rows(prompter: NotePrompter, notes: list[Note], epoch: int,
+               with_output: bool) -> tuple[list[list[int]], list[list[int] | None]]:
+    """The rows of one step: first the prompt each note is pooled from (in ``notes`` order, carrying the CSFT
+    labels when it is the task prompt), then, for notes pooled from the whole-note embedding prompt, their
+    task prompt with its labels (read for CSFT only: one forward pass, one batch, DDP-safe)."""
+    pooled: list[list[int]] = []
+    labels: list[list[int] | None] = []
+    extra: list[Example] = []
+    for note in notes:
+        example = prompter.training_example(note, salt=epoch, with_output=with_output)
+        whole = prompter.training_pool_ids(note, example)
+        pooled.append(example.input_ids if whole is None else whole)
+        labels.append(example.labels if whole is None else None)
+        if whole is not None and with_output:
+            extra.append(example)
+    return pooled + [e.input_ids for e in extra], labels + [e.labels for e in extra]
+
+
 def train(notes: pd.DataFrame, pairs: pd.DataFrame, model_cfg: ModelConfig, prompt_cfg: PromptConfig,
           train_cfg: TrainingConfig, out_dir: str | Path, *, resume_from: str | Path | None = None,
           progress: bool = True) -> dict[str, Any]:
@@ -217,14 +235,14 @@ def train_model(notes: pd.DataFrame, pairs: pd.DataFrame, model_cfg: ModelConfig
         epoch, batch_index = schedule[step]
         lo = ctx.rank * batch_pairs
         chosen = train_pairs[batch_index[lo:lo + batch_pairs]]
-        examples = [model.prompter.training_example(by_id[nid], salt=epoch, with_output=with_output)
-                    for nid in [*chosen[:, 0], *chosen[:, 1]]]
-        batch = make_batch([e.input_ids for e in examples], model.tokenizer.pad_token_id, device=ctx.device,
-                           labels=[e.labels for e in examples] if with_output else None)
+        seqs, labels = _step_rows(model.prompter, [by_id[nid] for nid in [*chosen[:, 0], *chosen[:, 1]]],
+                                  epoch, with_output)
+        batch = make_batch(seqs, model.tokenizer.pad_token_id, device=ctx.device,
+                           labels=labels if with_output else None)
         with autocast(ctx.device, bf16):
             out = net(**batch)
         half = len(chosen)
-        gcl = gcl_loss(gather_with_grad(out.embeddings[:half]), gather_with_grad(out.embeddings[half:]),
+        gcl = gcl_loss(gather_with_grad(out.embeddings[:half]), gather_with_grad(out.embeddings[half:2 * half]),
                        encoder.logit_scale)
         # Each rank holds the gradient of its own notes only and DDP averages ranks: scale GCL back up.
         loss = combined_loss(gcl * ctx.world, out.csft_loss, train_cfg.alpha)
