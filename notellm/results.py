@@ -73,7 +73,7 @@ METHODS: dict[str, Method] = {
     "notellm": Method("NoteLLM", "llm", True, {"prompt.kind": "notellm"}, generates=True),
 }
 ALL_METHODS = list(METHODS)
-# The default run fits 90 minutes on 2 CPU cores; PromptEOL+CSE and RepLLaMA need ``methods=["all"]``.
+# The default run fits about 90 minutes on 2 CPU cores; PromptEOL+CSE and RepLLaMA need ``methods=["all"]``.
 CORE_METHODS = ["zero-shot", "prompteol", "minilm", "minilm-ft", "notellm-wo-csft", "notellm"]
 REFERENCE = "notellm"
 DATASET_NAMES = {"movielens-100k": "MovieLens-100k", "synthetic": "the synthetic dataset",
@@ -86,8 +86,9 @@ MINILM_BATCH_PAIRS, MINILM_LR = 32, 2e-5  # the SentenceBERT row's recipe (sente
 # note, bf16, shared prefix) takes 7.9 s without LoRA dropout and 14.3 s with the default 0.05 (a Bernoulli
 # mask on the input of each of the 7 x 30 adapted modules), so the recipe trains without it: the budget is
 # about half an epoch, where dropout has little to regularise. Embedding about 10 notes/s (1,682 notes: ~3 min
-# per LLM row), MiniLM fine-tuning one epoch 4-23 min. Two trained LLM rows of 250 steps (~33 min of
-# training, ~3 of embedding, ~2 of generation each) plus the four cheap rows (~10-15 min): about 85 minutes.
+# per LLM row), MiniLM fine-tuning one epoch 4-23 min. NoteLLM w/o CSFT, 250 steps: ~17-22 min of training;
+# NoteLLM reads a second (category-hidden) row per note for CSFT, so about twice the tokens: ~35-45 min; each
+# ~3 of embedding and ~1 of generation; plus the four cheap rows (~10 min): about 75-85 minutes.
 # PromptEOL+CSE and RepLLaMA (shorter prompts, ~25 min each) would push it past 90, hence CORE_METHODS.
 # Every trained row (MiniLM included, through budget_pairs) sees the same 250 x 16 = 4,000 training pairs,
 # 0.49 of the MovieLens epoch: a full epoch (~515 steps) would double the trained LLM rows' time.
@@ -720,7 +721,7 @@ def tuning_section(cfg: Config, workspace: Path, digest: str, pairs: pd.DataFram
 
 Every setting tried on the val split (`notellm results --tune ...`), by what it changes against the table's
 recipe; the test pairs were never ranked for these; ± is the cluster-bootstrap standard error, as in the table.
-Trials with a shorter budget than the table's are comparable with each other, not with the table's val column.
+Trials with a shorter budget than the table's are comparable with each other, not with the table's val column. Each trial's changes are against the defaults of the day it ran (its directory's `settings.json` holds them all); trials run before `prompt.embed_whole_note` hid the category from the pooled prompt unless they set `prompt.hide_category=false`.
 
 | Method | changed settings | val R@{k} (%) | minutes |
 |---|---|---:|---:|
