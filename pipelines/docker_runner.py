@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +112,9 @@ def prepare_workspace(workspace: Path) -> None:
                            f"chmod -R a+rwX {workspace}")
 
 
+LOG_DRAIN_S = 10.0  # how long the log stream may lag the container's exit
+
+
 def _run_container(workspace: Path, override: str | None) -> Any:
     """A replacement for kfp's ``run_docker_container``: same arguments, the exit status read before removal."""
     import docker
@@ -123,9 +127,24 @@ def _run_container(workspace: Path, override: str | None) -> Any:
         container = client.containers.run(image=override or image, command=command, detach=True,
                                           volumes=volumes, auto_remove=False, **run_args)
         try:
-            for line in container.logs(stream=True, follow=True):
-                print(line.decode(errors="replace"), end="")
-            return int(container.wait()["StatusCode"])
+            stream = container.logs(stream=True, follow=True)
+            printed = threading.Event()
+
+            def pump() -> None:
+                with contextlib.suppress(Exception):  # the stream is closed under it below
+                    for line in stream:
+                        printed.set()
+                        print(line.decode(errors="replace"), end="")
+
+            thread = threading.Thread(target=pump, daemon=True)
+            thread.start()
+            status = int(container.wait()["StatusCode"])
+            thread.join(LOG_DRAIN_S)
+            if thread.is_alive():  # podman can leave a follow stream open after a quick exit
+                stream.close()
+                if not printed.is_set():
+                    print(container.logs(stream=False).decode(errors="replace"), end="")
+            return status
         finally:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
