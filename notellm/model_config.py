@@ -79,8 +79,9 @@ class PromptConfig(Section):
                                 "guidance after it (one prefix for every task and for embedding); paper: the "
                                 "task instruction (with its j) first, topics only in the category task")
     hide_category: bool = Field(
-        True, description="the note's category never appears in a compression prompt's input: dropped from "
-                          "the topics and, as a whole word, from title and content (else CSFT copies it)")
+        True, description="the note's category never appears in a CSFT or generation prompt's input (nor, "
+                          "with embed_whole_note off, in the embedding prompt's): dropped from the topics and, "
+                          "as a whole word, from title and content (else CSFT copies it)")
     embed_whole_note: bool = Field(
         True, description="the embedding prompt shows the whole note, category included (the paper embeds "
                            "the prompt that holds all of the note's information), and training pools that same "

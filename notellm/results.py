@@ -721,7 +721,10 @@ def tuning_section(cfg: Config, workspace: Path, digest: str, pairs: pd.DataFram
 
 Every setting tried on the val split (`notellm results --tune ...`), by what it changes against the table's
 recipe; the test pairs were never ranked for these; ± is the cluster-bootstrap standard error, as in the table.
-Trials with a shorter budget than the table's are comparable with each other, not with the table's val column. Each trial's changes are against the defaults of the day it ran (its directory's `settings.json` holds them all); trials run before `prompt.embed_whole_note` hid the category from the pooled prompt unless they set `prompt.hide_category=false`.
+Trials with a shorter budget than the table's are comparable with each other, not with the table's val column.
+Each trial's changes are against the defaults of the day it ran (its directory's `settings.json` holds them
+all); trials run before `prompt.embed_whole_note` hid the category from the pooled prompt unless they set
+`prompt.hide_category=false`.
 
 | Method | changed settings | val R@{k} (%) | minutes |
 |---|---|---:|---:|

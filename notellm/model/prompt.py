@@ -10,8 +10,8 @@ Layouts (DESIGN.md; ``prompt.layout``):
 
 With ``hide_category`` the note's category is in no training or generation prompt's input (topics, title,
 content), so the category task is not a copy of the input (MovieLens lists every genre in its content); with
-``embed_whole_note`` the embedding prompt still shows it (the training prompt of the official layout then
-differs from the embedding prompt by the category's words only).
+``embed_whole_note`` the embedding prompt still shows it, and under the official layout training pools that
+embedding prompt and reads the task prompt (which differs from it by the category's words only) for CSFT.
 User text is tokenized with ``split_special_tokens=True``, so a literal "[EMB]" (or any other special token
 text) in a note can never become a special id: every prompt holds exactly one ``[EMB]``, the real one.
 """
@@ -182,8 +182,7 @@ class NotePrompter:
         """The ids training pools for ``note`` when they are not ``example``'s prefix: the embedding prompt,
         under the official layout when it shows what the task prompt hides (``embed_whole_note`` with
         ``hide_category``), so that training pools what embedding pools. None: pool ``example`` itself."""
-        c = self.cfg
-        if c.kind != "notellm" or c.layout != "official" or not (c.embed_whole_note and c.hide_category):
+        if self.cfg.layout != "official":  # the paper layout pools each task's own prompt
             return None
         whole = self.embedding_ids(note)
         return None if example.input_ids[:len(whole)] == whole else whole
