@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import re
 import resource
 import subprocess
@@ -67,12 +69,14 @@ def measure(workspace: Path, run_args: list[str]) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-c", "from notellm.cli import app; app()", "run",
                            "--workspace", str(workspace), *run_args], capture_output=True, text=True, check=False)
     wall = time.perf_counter() - began
-    log = proc.stdout + proc.stderr
-    (workspace / "bench_run.log").write_text(log)
+    run_log = workspace / "run.log"  # kfp.local's own output (notellm run prints one line per step)
+    log = (run_log.read_text() if run_log.exists() else "") + proc.stdout + proc.stderr
     if proc.returncode:
         raise SystemExit(f"notellm run failed ({proc.returncode}):\n{log[-3000:]}")
     run_dir = max((workspace / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
     times = task_times(log)
+    if not times:
+        raise SystemExit(f"no task start and end in kfp.local's log ({run_log}); its tail:\n{log[-3000:]}")
     rows = []
     for task, start, end in times:
         seconds = (end - start).total_seconds()
@@ -80,9 +84,20 @@ def measure(workspace: Path, run_args: list[str]) -> dict[str, Any]:
         rows.append({"task": task, "wall_s": seconds, "step_s": work})
     tasks_wall = (times[-1][2] - times[0][1]).total_seconds() if times else 0.0
     work = sum(r["step_s"] or 0.0 for r in rows)
+    decision = next((p for p in (run_dir / "gate").rglob("decision") if p.is_file()), None)
     return {"rows": rows, "wall_s": wall, "tasks_wall_s": tasks_wall, "step_s": work,
             "summary_s": wall - tasks_wall, "run_args": run_args,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "gate": decision.read_text().strip() if decision else "", "machine": machine()}
+
+
+def machine() -> str:
+    """The cores, architecture and bf16 support the run had (training's bf16 "auto" follows the last)."""
+    from notellm.model.runtime import cpu_has_native_bf16
+
+    bf16 = "native bf16 (AVX512-BF16/AMX), so training ran in bf16" if cpu_has_native_bf16() else \
+        "no native bf16, so training ran in float32"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}, {bf16}; embeddings in float32)"
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
@@ -107,7 +122,12 @@ def markdown(result: dict[str, Any], command: str) -> str:
               f"{overhead / result['wall_s']:.0%} |", "",
               f"Total {result['wall_s'] / 60:.1f} min; orchestration overhead {overhead:.0f} s "
               f"({overhead / result['tasks_wall_s']:.0%} of the pipeline's tasks); peak RSS of one process "
-              f"{result['peak_rss_mib']:,.0f} MiB.", "", f"Reproduce: `{command}`", ""]
+              f"{result['peak_rss_mib']:,.0f} MiB.", "",
+              f"Measured on {result['machine']}, nothing else heavy running; arguments: "
+              f"`{' '.join(result['run_args']) or 'the defaults'}` (the defaults: MovieLens-100k, SmolLM2-135M + "
+              "LoRA, the quick budget, the MiniLM challenger). The gate's decision in this run, as it recorded it:",
+              "", *[f"> {line}".rstrip() for line in result["gate"].splitlines()], "",
+              f"Reproduce: `{command}`", ""]
     return "\n".join(lines)
 
 

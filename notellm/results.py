@@ -79,6 +79,7 @@ REFERENCE = "notellm"
 DATASET_NAMES = {"movielens-100k": "MovieLens-100k", "synthetic": "the synthetic dataset",
                  "files": "the user's dataset"}
 PHASES = ("model", "embed", "generate", "total")
+COLLAPSE_COSINE = 0.9  # a trained row whose embeddings' mean pairwise cosine is this high has collapsed
 MINILM_BATCH_PAIRS, MINILM_LR = 32, 2e-5  # the SentenceBERT row's recipe (sentence-transformers' usual)
 
 # The table's recipe on top of the config defaults (the user's --set overrides come after it).
@@ -537,6 +538,20 @@ def _verdicts(names: list[str], results: dict[str, dict[str, Any]], k: int,
             for name in names if name != REFERENCE and name in results}
 
 
+def collapsed(names: Sequence[str], results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Trained LLM rows whose embeddings collapsed in training (the mean pairwise cosine of 64 training
+    notes' embeddings after the last step, ``train.mean_pairwise_cosine``, at least :data:`COLLAPSE_COSINE`):
+    their cosine. A lead over such a row says nothing about
+    its method at a recipe where it learns."""
+    out = {}
+    for name in names:
+        cosine = ((results.get(name) or {}).get("train") or {}).get("mean_pairwise_cosine")
+        if METHODS[name].trained and METHODS[name].encoder == "llm" and cosine is not None \
+                and cosine >= COLLAPSE_COSINE:
+            out[name] = float(cosine)
+    return out
+
+
 def _paragraph(cfg: Config, names: list[str], results: dict[str, dict[str, Any]],
                verdicts: dict[str, dict[str, Any]], stats: dict[str, Any], k: int) -> str:
     if REFERENCE not in results:
@@ -590,6 +605,15 @@ def _paragraph(cfg: Config, names: list[str], results: dict[str, dict[str, Any]]
                  "so that CSFT is not a copy task): on MovieLens, where the category is the first genre and the "
                  "content lists every genre, the NoteLLM rows embed without that genre, while PromptEOL, "
                  "RepLLaMA and MiniLM see every genre.")
+    gone = collapsed(names, results)
+    if gone:
+        chance = np.log(2 * t.batch_pairs - 1)
+        text += (f" Collapsed in training (every embedding points one way, mean pairwise cosine at least "
+                 f"{COLLAPSE_COSINE}): " + ", ".join(
+                     f"{label[n]} (cosine {c:.2f}, loss over the last tenth of its steps "
+                     f"{results[n]['train'].get('final_loss_mean_last10pct', float('nan')):.3f} against chance "
+                     f"ln {2 * t.batch_pairs - 1} = {chance:.3f})" for n, c in gone.items())
+                 + ": a lead over a collapsed row says nothing about its method at a recipe where it learns.")
     if missing:
         text += f" Not run yet: {', '.join(label[n] for n in missing)}."
     return text

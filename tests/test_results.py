@@ -16,7 +16,9 @@ from notellm.results import (
     METHODS,
     RECIPE,
     _cached_run,
+    _paragraph,
     _pct,
+    collapsed,
     compare,
     data_digest,
     prepare,
@@ -264,3 +266,18 @@ def test_pipeline_baselines_are_the_tables_settings(table):
     prompteol = np.asarray(_baseline_vectors(cfg, "prompteol", notes, train))
     assert zero_shot.shape == prompteol.shape == (len(notes), 64)  # untrained rows: the raw hidden state, not model.dim
     assert not np.allclose(zero_shot, prompteol)  # the two prompts pool different tokens
+
+
+def test_collapsed_rows_are_named_in_the_paragraph():
+    def row(cosine: float | None, loss: float = 3.1) -> dict:
+        return {"train": {"mean_pairwise_cosine": cosine, "final_loss_mean_last10pct": loss, "steps": 2},
+                "retrieval": {"test": {"ranks": [1, 5, 200]}}}
+
+    results = {"repllama": row(0.98, 3.429), "notellm": row(0.28), "prompteol-cse": row(None),
+               "zero-shot": row(0.99)}  # an untrained row is never "collapsed in training"
+    assert collapsed(list(results), results) == {"repllama": 0.98}
+    cfg = with_overrides(Config(), {"training.batch_pairs": 16})
+    text = _paragraph(cfg, ["repllama", "notellm"], results, {}, {}, 100)
+    assert "Collapsed in training" in text and "RepLLaMA (cosine 0.98" in text and "3.429" in text
+    assert "ln 31 = 3.434" in text
+    assert "Collapsed" not in _paragraph(cfg, ["notellm"], {"notellm": row(0.28)}, {}, {}, 100)
