@@ -123,10 +123,11 @@ def markdown(result: dict[str, Any], command: str) -> str:
               f"Total {result['wall_s'] / 60:.1f} min; orchestration overhead {overhead:.0f} s "
               f"({overhead / result['tasks_wall_s']:.0%} of the pipeline's tasks); peak RSS of one process "
               f"{result['peak_rss_mib']:,.0f} MiB.", "",
-              f"Measured on {result['machine']}, nothing else heavy running; arguments: "
-              f"`{' '.join(result['run_args']) or 'the defaults'}` (the defaults: MovieLens-100k, SmolLM2-135M + "
-              "LoRA, the quick budget, the MiniLM challenger). The gate's decision in this run, as it recorded it:",
-              "", *[f"> {line}".rstrip() for line in result["gate"].splitlines()], "",
+              f"Measured on {result['machine']}, nothing else heavy running, "
+              + (f"with `{' '.join(result['run_args'])}`" if result["run_args"] else
+                 "with the defaults (MovieLens-100k, SmolLM2-135M + LoRA, the quick budget, the MiniLM challenger)")
+              + ". The gate's decision in this run, as it recorded it:",
+              "", *[f"> {line.lstrip('# ')}".rstrip() for line in result["gate"].splitlines()], "",
               f"Reproduce: `{command}`", ""]
     return "\n".join(lines)
 

@@ -44,7 +44,7 @@ class GateDecision:
     rows: list[tuple[str, str, float]] = field(default_factory=list)  # (label, model_version, val recall)
 
     def markdown(self, metric: str = "R@100") -> str:
-        verdict = f"**deploy the {self.winner}**" if self.deploy else "**stop: not deployed**"
+        verdict = f"**deploy {_the(self.winner)}**" if self.deploy else "**stop: not deployed**"
         table = [f"| model | version | val {metric} (%) |", "|---|---|---:|",
                  *(f"| {label} | `{version}` | {100 * recall:.2f} |" for label, version, recall in self.rows)]
         return "\n".join([f"# Deploy gate: {verdict}", "", *table, "", *(f"- {r}" for r in self.reasons), ""])
@@ -60,6 +60,11 @@ def _lead(a: Candidate, b: Candidate, queries: Sequence[str], targets: Sequence[
 
 def _points(x: float) -> str:
     return f"{100 * x:+.2f}"
+
+
+def _the(key: str) -> str:
+    """How the reasons name a candidate: "NoteLLM", or "the challenger"."""
+    return "NoteLLM" if key == "notellm" else f"the {key}"
 
 
 def decide(candidates: Sequence[Candidate], serving: Candidate | None, queries: Sequence[str],
@@ -81,26 +86,26 @@ def decide(candidates: Sequence[Candidate], serving: Candidate | None, queries: 
     if pairs < 2:
         reasons.append(f"only {pairs} val pair(s): no interval, so no comparison on val")
         recall_ok = serving is None
-        reasons.append("nothing serves yet: the " + best.key + " deploys" if recall_ok
+        reasons.append(f"nothing serves yet: {_the(best.key)} deploys" if recall_ok
                        else f"the serving model {serving.model_version} stays")
     else:
         if len(ranked) > 1:
             runner_up = ranked[1]
             lead = _lead(best, runner_up, queries, targets, seed)
             clear = "outside" if lead["low"] > 0 else "inside"
-            reasons.append(f"best trained model: the {best.key} (val {metric} {100 * best.recall:.2f}%), "
-                           f"ahead of the {runner_up.key} by {_points(lead['mean'])} points, 95% interval "
+            reasons.append(f"best trained model: {_the(best.key)} (val {metric} {100 * best.recall:.2f}%), "
+                           f"ahead of {_the(runner_up.key)} by {_points(lead['mean'])} points, 95% interval "
                            f"[{_points(lead['low'])}, {_points(lead['high'])}] ({clear} the noise; "
                            f"{pairs} val pairs, {lead['queries']} queries)")
         if serving is None:
             recall_ok = True
-            reasons.append(f"nothing serves yet: the {best.key} deploys")
+            reasons.append(f"nothing serves yet: {_the(best.key)} deploys")
         else:
             lead = _lead(best, serving, queries, targets, seed)
             recall_ok = lead["low"] > min_gain
             relation = ">" if recall_ok else "<="
             outcome = "replaces it" if recall_ok else "the serving model stays"
-            reasons.append(f"the {best.key} against the serving model {serving.model_version}: lead "
+            reasons.append(f"{_the(best.key)} against the serving model {serving.model_version}: lead "
                            f"{_points(lead['mean'])} points on val {metric}, 95% interval "
                            f"[{_points(lead['low'])}, {_points(lead['high'])}]; its lower end {relation} "
                            f"min_gain {_points(min_gain)}: {outcome}")

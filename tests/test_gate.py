@@ -35,7 +35,7 @@ def test_notellm_wins_over_the_challenger_and_the_serving_model() -> None:
     assert "ahead of the challenger" in decision.reasons[0] and "outside the noise" in decision.reasons[0]
     assert "replaces it" in decision.reasons[1] and "serving model v1" in decision.reasons[1]
     markdown = decision.markdown("R@100")
-    assert "deploy the notellm" in markdown and "| challenger | `minilm-v2` |" in markdown
+    assert "deploy NoteLLM" in markdown and "| challenger | `minilm-v2` |" in markdown
     assert "val R@100" in markdown
 
 
