@@ -82,7 +82,7 @@ def measure(workspace: Path, run_args: list[str]) -> dict[str, Any]:
         seconds = (end - start).total_seconds()
         work = step_seconds(run_dir / task)
         rows.append({"task": task, "wall_s": seconds, "step_s": work})
-    tasks_wall = (times[-1][2] - times[0][1]).total_seconds() if times else 0.0
+    tasks_wall = (times[-1][2] - times[0][1]).total_seconds()
     work = sum(r["step_s"] or 0.0 for r in rows)
     decision = next((p for p in (run_dir / "gate").rglob("decision") if p.is_file()), None)
     return {"rows": rows, "wall_s": wall, "tasks_wall_s": tasks_wall, "step_s": work,

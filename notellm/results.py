@@ -541,8 +541,7 @@ def _verdicts(names: list[str], results: dict[str, dict[str, Any]], k: int,
 def collapsed(names: Sequence[str], results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Trained LLM rows whose embeddings collapsed in training (the mean pairwise cosine of 64 training
     notes' embeddings after the last step, ``train.mean_pairwise_cosine``, at least :data:`COLLAPSE_COSINE`):
-    their cosine. A lead over such a row says nothing about
-    its method at a recipe where it learns."""
+    their cosine. A lead over such a row says nothing about its method at a recipe where it learns."""
     out = {}
     for name in names:
         cosine = ((results.get(name) or {}).get("train") or {}).get("mean_pairwise_cosine")
