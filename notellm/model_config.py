@@ -129,9 +129,9 @@ class TrainingConfig(Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     batch_pairs: int = Field(8, ge=1, description="B related pairs per step and device (2B notes)")
-    lr: float = Field(2e-4, gt=0, description="backbone (LoRA or full) learning rate")
+    lr: float = Field(5e-4, gt=0, description="backbone (LoRA or full) learning rate (chosen on val)")
     projection_lr: float = Field(1e-3, gt=0)
-    tau_lr: float = Field(1e-3, ge=0)
+    tau_lr: float = Field(1e-2, ge=0, description="tau's learning rate (chosen on val: docs/quality.md)")
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"

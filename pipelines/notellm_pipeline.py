@@ -35,7 +35,7 @@ def build_pipeline(gpu: bool = False, cluster_jobs: bool = False):
         backbone: str = "smollm2-135m",
         max_steps: int = 60,
         batch_pairs: int = 16,
-        learning_rate: float = 2e-4,
+        learning_rate: float = 5e-4,
         alpha: float = 0.01,
         window_positions: int = 10,
         top_t: int = 10,

@@ -101,7 +101,7 @@ def _mean_pairwise_cosine(vectors: np.ndarray) -> float:
 def test_centring_spreads_the_vectors_and_survives_a_reload(notes, pairs, tmp_path):
     """Issue 13: pooled states share one direction; the stored centre removes it, identically after a reload.
 
-    Trained at the recipe's learning rate (2e-4): at 25x that the tiny model's pooled mean drifts away from
+    Trained at a small learning rate (2e-4): at 25x that the tiny model's pooled mean drifts away from
     the centre fixed before training (the metric ``mean_pairwise_cosine`` shows such a drift)."""
     from safetensors.torch import load_file
 
