@@ -83,17 +83,18 @@ COLLAPSE_COSINE = 0.9  # a trained row whose embeddings' mean pairwise cosine is
 MINILM_BATCH_PAIRS, MINILM_LR = 32, 2e-5  # the SentenceBERT row's recipe (sentence-transformers' usual)
 
 # The table's recipe on top of the config defaults (the user's --set overrides come after it).
-# Budget, 2 CPU cores, SmolLM2-135M, measured on an idle machine: a train step of 16 pairs (about 90 tokens a
-# note, bf16, shared prefix) takes 7.9 s without LoRA dropout and 14.3 s with the default 0.05 (a Bernoulli
+# Budget, 2 CPU cores, SmolLM2-135M: on an earlier, slower run a train step of 16 pairs (about 90 tokens a
+# note, bf16, shared prefix) took 7.9 s without LoRA dropout and 14.3 s with the default 0.05 (a Bernoulli
 # mask on the input of each of the 7 x 30 adapted modules), so the recipe trains without it: the budget is
 # about half an epoch, where dropout has little to regularise. The last full run (idle, native bf16) took, per
 # row with its embedding and generation: NoteLLM w/o CSFT 15 min (about 3 s a step), NoteLLM 28 (it reads a
 # second, category-hidden row per note for CSFT: about twice the tokens), PromptEOL+CSE 14, RepLLaMA 13, the
-# four cheap rows 7: about 50 minutes for CORE_METHODS and 80 for all. Older, slower runs took up to 85 and 135.
+# four cheap rows 7: about 50 minutes for CORE_METHODS and 80 for all. Earlier per-step rates gave 85 and 135.
 # Every trained row (MiniLM included, through budget_pairs) sees the same 250 x 16 = 4,000 training pairs,
 # 0.49 of the MovieLens epoch: a full epoch (~515 steps) would double the trained LLM rows' time.
 # The learning rates are the config's defaults (backbone 5e-4, tau 0.01), the val-best of the trials at this
-# budget and at the pipeline's quick one (docs/quality.md, "Trials at the full budget"); tuned on val only.
+# budget and at the pipeline's quick one (docs/quality.md, "Trials at the full budget" and "The pipeline's
+# defaults"); tuned on val only.
 RECIPE: dict[str, Any] = {
     "model.lora_dropout": 0.0,
     "training.max_steps": 250,
@@ -104,8 +105,8 @@ RECIPE: dict[str, Any] = {
 }
 BUDGET = ("Expected time on 2 otherwise idle CPU cores (from the rates in the comment on `RECIPE` in "
           "`notellm/results.py`): about 50 minutes for the default (core) rows, about 80 minutes with "
-          "`--methods all` (two more trained rows), on a CPU with native bf16; up to 85 and 135 minutes "
-          "were measured on slower runs. Other work on the machine makes it proportionally "
+          "`--methods all` (two more trained rows), as measured on a CPU with native bf16; without it "
+          "training runs in float32 and takes longer. Other work on the machine makes it proportionally "
           "longer; an interrupted run continues where it stopped.\n\n")
 TUNING = ("Recipe choices (steps, learning rates of the projection and tau, batch size, bf16, prompt "
           "settings) may be tuned on the val split only: `notellm results --tune '[{}, {\"training.lr\": "
